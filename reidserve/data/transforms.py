@@ -1,0 +1,181 @@
+"""Image loading and re-ID augmentations in numpy/PIL (no torchvision).
+
+Every transform maps an ``HxWx3`` ``uint8`` RGB image (numpy array or PIL image) to a ``float32``
+``3xHxW`` array normalised with the ImageNet mean/std. Random transforms take a
+:class:`numpy.random.Generator`, so results are reproducible given the generator's seed.
+
+The training pipeline is the usual re-ID one: resize to ``size`` (H, W) -> random horizontal flip
+-> zero-pad by ``pad`` pixels and random-crop back to ``size`` -> normalise -> random erasing
+(Zhong et al. 2020, filling the erased box with the mean colour, i.e. ``0`` after normalisation,
+or with per-pixel noise).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "load_image",
+    "resize",
+    "hflip",
+    "pad_random_crop",
+    "normalize",
+    "random_erasing",
+    "TrainTransform",
+    "TestTransform",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ImageLike = np.ndarray | Image.Image
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as an ``HxWx3`` ``uint8`` RGB array."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} does not exist") from None
+    except OSError as exc:
+        raise OSError(f"cannot read image {path}: {exc}") from exc
+
+
+def _as_uint8(img: ImageLike) -> np.ndarray:
+    if isinstance(img, Image.Image):
+        img = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {img.shape} dtype {img.dtype}")
+    return img
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    h, w = (int(s) for s in size)
+    if h < 1 or w < 1:
+        raise ValueError(f"image size must be positive (height, width), got {size}")
+    return h, w
+
+
+def resize(img: ImageLike, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize to ``size = (height, width)``; returns ``uint8`` HxWx3."""
+    arr = _as_uint8(img)
+    h, w = _check_size(size)
+    if arr.shape[:2] == (h, w):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def hflip(img: np.ndarray) -> np.ndarray:
+    """Mirror left-right (works on HxWxC and CxHxW is *not* supported: pass HWC)."""
+    return np.ascontiguousarray(img[:, ::-1])
+
+
+def pad_random_crop(img: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """Zero-pad by ``pad`` pixels on every side, then crop a random window of the original size."""
+    if pad <= 0:
+        return img
+    h, w = img.shape[:2]
+    padded = np.zeros((h + 2 * pad, w + 2 * pad) + img.shape[2:], dtype=img.dtype)
+    padded[pad : pad + h, pad : pad + w] = img
+    top = int(rng.integers(0, 2 * pad + 1))
+    left = int(rng.integers(0, 2 * pad + 1))
+    return padded[top : top + h, left : left + w]
+
+
+def normalize(
+    img: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> np.ndarray:
+    """``uint8`` HxWx3 -> ``float32`` 3xHxW, scaled to [0, 1] then standardised per channel."""
+    x = img.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def random_erasing(
+    chw: np.ndarray,
+    rng: np.random.Generator,
+    p: float = 0.5,
+    area: tuple[float, float] = (0.02, 0.4),
+    ratio: tuple[float, float] = (0.3, 3.3),
+    fill: str = "mean",
+    max_attempts: int = 100,
+) -> np.ndarray:
+    """Erase one random rectangle of a normalised CxHxW array (returns a new array).
+
+    ``fill='mean'`` writes ``0`` (the mean colour once normalised); ``fill='random'`` writes
+    standard-normal noise.
+    """
+    if fill not in ("mean", "random"):
+        raise ValueError(f"fill must be 'mean' or 'random', got {fill!r}")
+    out = chw.copy()
+    if rng.random() >= p:
+        return out
+    _, h, w = chw.shape
+    for _ in range(max_attempts):
+        target = rng.uniform(*area) * h * w
+        aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
+        eh = int(round(np.sqrt(target * aspect)))
+        ew = int(round(np.sqrt(target / aspect)))
+        if 0 < eh < h and 0 < ew < w:
+            top = int(rng.integers(0, h - eh + 1))
+            left = int(rng.integers(0, w - ew + 1))
+            if fill == "mean":
+                out[:, top : top + eh, left : left + ew] = 0.0
+            else:
+                out[:, top : top + eh, left : left + ew] = rng.standard_normal((chw.shape[0], eh, ew))
+            return out
+    return out
+
+
+@dataclass(frozen=True)
+class TestTransform:
+    """Resize + normalise."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    size: tuple[int, int] = (256, 128)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        _check_size(self.size)
+
+    def __call__(self, img: ImageLike, rng: np.random.Generator | None = None) -> np.ndarray:
+        return normalize(resize(img, self.size), self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    """Resize -> random flip -> pad + random crop -> normalise -> random erasing."""
+
+    size: tuple[int, int] = (256, 128)
+    flip_p: float = 0.5
+    pad: int = 10
+    erase_p: float = 0.5
+    erase_fill: str = "mean"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        _check_size(self.size)
+        if not (0.0 <= self.flip_p <= 1.0 and 0.0 <= self.erase_p <= 1.0):
+            raise ValueError("flip_p and erase_p are probabilities in [0, 1]")
+        if self.pad < 0:
+            raise ValueError(f"pad must be >= 0, got {self.pad}")
+
+    def __call__(self, img: ImageLike, rng: np.random.Generator | None = None) -> np.ndarray:
+        if rng is None:
+            raise ValueError("TrainTransform needs a numpy Generator (rng=np.random.default_rng(seed))")
+        x = resize(img, self.size)
+        if rng.random() < self.flip_p:
+            x = hflip(x)
+        x = pad_random_crop(x, self.pad, rng)
+        chw = normalize(x, self.mean, self.std)
+        return random_erasing(chw, rng, p=self.erase_p, fill=self.erase_fill)

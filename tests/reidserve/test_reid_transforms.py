@@ -1,0 +1,165 @@
+"""Augmentations and the torch Dataset wrapper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reidserve.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Item,
+    ReidImageDataset,
+    TestTransform,
+    TrainTransform,
+    hflip,
+    load_image,
+    normalize,
+    pad_random_crop,
+    random_erasing,
+    resize,
+)
+
+
+def _image(h: int = 40, w: int = 24, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_test_transform_shape_and_values() -> None:
+    out = TestTransform((32, 16))(_image())
+    assert out.shape == (3, 32, 16) and out.dtype == np.float32
+    # an image of the ImageNet mean colour normalises to ~0 everywhere
+    mean_img = np.tile(np.round(np.array(IMAGENET_MEAN) * 255).astype(np.uint8), (10, 6, 1))
+    assert np.abs(TestTransform((10, 6))(mean_img)).max() < 0.02
+    white = TestTransform((10, 6))(np.full((10, 6, 3), 255, np.uint8))
+    expected = (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(white[:, 0, 0], expected, rtol=1e-5)
+    np.testing.assert_array_equal(TestTransform((32, 16))(_image()), out)  # deterministic
+
+
+def test_resize_and_pil_input() -> None:
+    img = _image(50, 30)
+    assert resize(img, (20, 10)).shape == (20, 10, 3)
+    assert resize(img, (50, 30)) is img
+    np.testing.assert_array_equal(resize(Image.fromarray(img), (20, 10)), resize(img, (20, 10)))
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        resize(np.zeros((5, 5)), (2, 2))
+    with pytest.raises(ValueError, match="positive"):
+        TestTransform((0, 4))
+
+
+def test_train_transform_shape_and_determinism() -> None:
+    tf = TrainTransform((32, 16), pad=4)
+    img = _image()
+    a = tf(img, np.random.default_rng(7))
+    b = tf(img, np.random.default_rng(7))
+    assert a.shape == (3, 32, 16) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    outs = [tf(img, np.random.default_rng(s)) for s in range(8)]
+    assert any(not np.array_equal(outs[0], o) for o in outs[1:])
+    with pytest.raises(ValueError, match="Generator"):
+        tf(img)
+
+
+def test_train_transform_without_randomness_equals_test_transform() -> None:
+    img = _image()
+    tf = TrainTransform((32, 16), flip_p=0.0, pad=0, erase_p=0.0)
+    np.testing.assert_array_equal(tf(img, np.random.default_rng(0)), TestTransform((32, 16))(img))
+    flipped = TrainTransform((32, 16), flip_p=1.0, pad=0, erase_p=0.0)(img, np.random.default_rng(0))
+    np.testing.assert_array_equal(flipped, TestTransform((32, 16))(img)[:, :, ::-1])
+
+
+def test_hflip_and_pad_crop() -> None:
+    img = _image(6, 4)
+    np.testing.assert_array_equal(hflip(img)[:, 0], img[:, -1])
+    crops = [pad_random_crop(img, 2, np.random.default_rng(s)) for s in range(20)]
+    assert all(c.shape == img.shape for c in crops)
+    # every crop is the image shifted by at most 2 pixels with zero fill
+    for c in crops:
+        found = False
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                shifted = np.zeros_like(img)
+                ys, yd = slice(max(0, dy), 6 + min(0, dy)), slice(max(0, -dy), 6 + min(0, -dy))
+                xs, xd = slice(max(0, dx), 4 + min(0, dx)), slice(max(0, -dx), 4 + min(0, -dx))
+                shifted[yd, xd] = img[ys, xs]
+                found |= np.array_equal(shifted, c)
+        assert found
+    assert len({c.tobytes() for c in crops}) > 1
+    assert pad_random_crop(img, 0, np.random.default_rng(0)) is img
+
+
+def test_random_erasing() -> None:
+    x = np.ones((3, 40, 20), np.float32)
+    assert np.array_equal(random_erasing(x, np.random.default_rng(0), p=0.0), x)
+    erased = random_erasing(x, np.random.default_rng(0), p=1.0)
+    zero = erased[0] == 0
+    assert zero.any() and not zero.all()
+    rows, cols = np.nonzero(zero)  # the erased region is one rectangle, the same on every channel
+    assert zero[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+    assert (erased[1] == 0).sum() == zero.sum() and np.array_equal(x, np.ones_like(x))  # input untouched
+    noisy = random_erasing(x, np.random.default_rng(0), p=1.0, fill="random")
+    assert not np.array_equal(noisy, x) and (noisy != 1).sum() == zero.sum() * 3
+    with pytest.raises(ValueError, match="fill"):
+        random_erasing(x, np.random.default_rng(0), fill="bogus")
+
+
+def test_normalize_layout() -> None:
+    img = np.zeros((2, 3, 3), np.uint8)
+    img[..., 0] = 255
+    out = normalize(img, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert out.shape == (3, 2, 3)
+    assert (out[0] == 1).all() and (out[1:] == 0).all()
+
+
+@pytest.fixture()
+def image_items(tmp_path: Path) -> list[Item]:
+    items = []
+    for i in range(4):
+        p = tmp_path / f"{i}.jpg"
+        Image.fromarray(_image(48, 24, seed=i)).save(p)
+        items.append(Item(str(p), 10 + i % 2, i % 3))
+    return items
+
+
+def test_reid_image_dataset(image_items: list[Item]) -> None:
+    ds = ReidImageDataset(image_items, TrainTransform((32, 16)), seed=5)
+    x, pid, camid, idx = ds[2]
+    assert isinstance(x, torch.Tensor) and x.shape == (3, 32, 16) and x.dtype == torch.float32
+    assert (pid, camid, idx) == (10, 2, 2)
+    # the augmentation of an item depends on (seed, epoch, index) only, not on access order
+    first = [ds[i][0] for i in range(4)]
+    again = [ds[i][0] for i in reversed(range(4))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    ds.set_epoch(1)
+    assert not torch.equal(ds[2][0], first[2])
+    other_seed = ReidImageDataset(image_items, TrainTransform((32, 16)), seed=6)
+    assert not torch.equal(other_seed[2][0], first[2])
+    ds.set_labels([0, 1, -1, 1])
+    assert ds[2][1] == -1 and ds[-1][3] == 3
+    with pytest.raises(ValueError, match="4 items"):
+        ds.set_labels([0, 1])
+    with pytest.raises(IndexError):
+        ds[4]
+    with pytest.raises(ValueError, match="seed"):
+        ReidImageDataset(image_items, seed=-1)
+    with pytest.raises(ValueError, match="at least one item"):
+        ReidImageDataset([])
+
+
+def test_reid_image_dataset_default_transform_and_cache(image_items: list[Item]) -> None:
+    ds = ReidImageDataset(image_items, cache=True)
+    x = ds[0][0]
+    assert x.shape == (3, 256, 128)
+    Path(image_items[0].path).unlink()  # served from the cache now
+    assert torch.equal(ds[0][0], x)
+    rest = ReidImageDataset(image_items[1:], TestTransform((16, 8)))
+    loader = torch.utils.data.DataLoader(rest, batch_size=3)
+    xb, pids, cams, idx = next(iter(loader))
+    assert xb.shape == (3, 3, 16, 8) and pids.tolist() == [11, 10, 11] and idx.tolist() == [0, 1, 2]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_image(image_items[0].path)
