@@ -105,7 +105,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     body = np.frombuffer(data, dtype=np.uint8, offset=header)
     if body.size != int(np.prod(shape)):
         raise PruneoptError(f"{p}: IDX body has {body.size} bytes, header declares shape {shape}")
-    return body.reshape(shape)
+    return body.reshape(shape).copy()  # writable, and independent of the file buffer
 
 
 def download(dest: Path | None = None, mirror: str = MIRROR, timeout: float = 30.0) -> Path:

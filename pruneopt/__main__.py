@@ -1,0 +1,5 @@
+"""``python -m pruneopt ...`` is the ``pruneopt`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""A search's report, rendered from its store alone: ``report.md``, PNG plots and ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .analysis import edf, normalized_edf, r_buckets
+from .store import Store
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def _plots(store: Store, root: Path, regimes: list[float]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files: list[str] = []
+    stages = store.stages()
+    for r in regimes:
+        init = store.rows("initial", r)
+        ref = store.rows("refined", r)
+        if not init:
+            continue
+        e_i = np.array([x["error"] for x in init])
+        grid = np.linspace(min(x["error"] for x in init + ref), max(x["error"] for x in init + ref), 400)
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        ax[0].plot(grid, edf(e_i, grid), label=f"initial (n={len(init)})")
+        ax[0].plot(grid, normalized_edf(e_i, [x["params"] for x in init], grid), "--", label="initial, normalised")
+        if ref:
+            e_r = np.array([x["error"] for x in ref])
+            ax[0].plot(grid, edf(e_r, grid), label=f"refined (n={len(ref)})")
+            ax[0].plot(grid, normalized_edf(e_r, [x["params"] for x in ref], grid), "--", label="refined, normalised")
+        ax[0].set(xlabel="validation error", ylabel="F(error)", title=f"error EDF at {r:g} of the parent's FLOPs")
+        ax[0].legend(fontsize=8)
+        for b in r_buckets(e_i, np.array([x["ratio"] for x in init])):
+            ax[1].plot(grid, edf(b.errors, grid), label=f"R {b.r_low:.0f}-{b.r_high:.0f} (n={b.errors.size})")
+        ax[1].set(xlabel="validation error", ylabel="F(error)", title="initial space, by R quantile")
+        ax[1].legend(fontsize=8)
+        name = f"edf_{r:g}.png"
+        fig.tight_layout()
+        fig.savefig(root / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.scatter([x["ratio"] for x in init], e_i, s=12, label="initial")
+        if ref:
+            ax.scatter([x["ratio"] for x in ref], [x["error"] for x in ref], s=12, label="refined")
+        rs = stages.get(f"rstar:{r:g}")
+        if rs:
+            ax.axvline(rs["r_star"], color="k", lw=1, label=f"R* = {rs['r_star']:.1f}")
+            ax.axvspan(rs["ci_low"], rs["ci_high"], color="k", alpha=0.1, label=f"{rs['confidence']:.0%} CI")
+            ax.axvspan(rs["r_star"] * (1 - rs["eps"]), rs["r_star"] * (1 + rs["eps"]), color="g", alpha=0.08,
+                       label="refined band")
+        ax.set(xlabel="R = FLOPs / params", ylabel="validation error", title=f"error vs R at {r:g}")
+        ax.legend(fontsize=8)
+        name = f"error_vs_r_{r:g}.png"
+        fig.tight_layout()
+        fig.savefig(root / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+
+    rs_all = [(r, stages[f"rstar:{r:g}"]) for r in regimes if f"rstar:{r:g}" in stages]
+    if rs_all:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [r for r, _ in rs_all]
+        ys = [s["r_star"] for _, s in rs_all]
+        err = [[s["r_star"] - s["ci_low"] for _, s in rs_all], [s["ci_high"] - s["r_star"] for _, s in rs_all]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=4)
+        ax.set(xlabel="FLOPs regime (fraction of parent)", ylabel="R*", title="R* per regime")
+        fig.tight_layout()
+        fig.savefig(root / "rstar_by_regime.png", dpi=110)
+        plt.close(fig)
+        files.append("rstar_by_regime.png")
+    return files
+
+
+def summarize(store: Store) -> dict[str, Any]:
+    cfg = store.config()
+    stages = store.stages()
+    regimes = [float(r) for r in cfg["regimes"]]
+    done = store.rows()
+    walls = [r["wall_s"] for r in done if r["wall_s"]]
+    per_regime = {}
+    for r in regimes:
+        per_regime[f"{r:g}"] = {
+            "initial": len(store.rows("initial", r)),
+            "refined": len(store.rows("refined", r)),
+            "best_initial": min((x["error"] for x in store.rows("initial", r)), default=None),
+            "best_refined": min((x["error"] for x in store.rows("refined", r)), default=None),
+            "r_star": stages.get(f"rstar:{r:g}"),
+            "compare": stages.get(f"compare:{r:g}"),
+            "acceptance_initial": (stages.get(f"sampled:initial:{r:g}") or {}).get("acceptance_rate"),
+            "acceptance_refined": (stages.get(f"sampled:refined:{r:g}") or {}).get("acceptance_rate"),
+        }
+    finals = {k.split(":", 1)[1]: v for k, v in stages.items() if k.startswith("final:")}
+    return {
+        "config": cfg,
+        "parent": stages.get("parent"),
+        "regimes": per_regime,
+        "winner": stages.get("winner"),
+        "finals": finals,
+        "candidates": store.counts(),
+        "candidate_seconds_median": float(np.median(walls)) if walls else None,
+        "candidates_per_hour_per_worker": 3600.0 / float(np.median(walls)) if walls else None,
+    }
+
+
+def render_report(store: Store, root: Path) -> dict[str, Any]:
+    """Write ``report.md``, the plots and ``summary.json`` into ``root``; return the summary."""
+    s = summarize(store)
+    cfg = s["config"]
+    regimes = [float(r) for r in cfg["regimes"]]
+    plots = _plots(store, root, regimes)
+    (root / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
+
+    lines = [f"# Pruning-space search: {cfg['arch']} on {cfg['data']}", ""]
+    p = s["parent"]
+    if p:
+        lines += [f"Parent: val error {_fmt(p['val_error'])}, test error {_fmt(p['test_error'])} ({p['source']}).", ""]
+    lines += ["## Populations", "",
+              "| regime | initial n | refined n | best initial | best refined | R* [CI] | eps | KS p | "
+              "search cost initial -> refined |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for key, v in s["regimes"].items():
+        rs, c = v["r_star"] or {}, v["compare"] or {}
+        lines.append(
+            f"| {key} | {v['initial']} | {v['refined']} | {_fmt(v['best_initial'])} | {_fmt(v['best_refined'])} | "
+            f"{_fmt(rs.get('r_star'), '.1f')} [{_fmt(rs.get('ci_low'), '.1f')}, {_fmt(rs.get('ci_high'), '.1f')}] | "
+            f"{_fmt(rs.get('eps'), '.3f')} | {_fmt(c.get('ks_pvalue'), '.3g')} | "
+            f"{_fmt(c.get('cost_initial'), '.1f')} -> {_fmt(c.get('cost_refined'), '.1f')} |")
+    lines += ["", "Search cost: expected samples to draw one subnetwork at least as good as the initial space's "
+              "top-5% validation error (1 / F(e5)); lower is better.", ""]
+    if s["finals"]:
+        lines += ["## Winner vs baselines (same final fine-tune)", "",
+                  "| model | FLOPs fraction | MACs | params | R | val error | test error | test accuracy |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in ("winner", "uniform", "global_l1"):
+            f = s["finals"].get(name)
+            if f:
+                lines.append(f"| {name} | {f['flops_fraction']:.3f} | {f['macs']:,} | {f['params']:,} | "
+                             f"{f['ratio']:.1f} | {_fmt(f['val_error'])} | {_fmt(f['test_error'])} | "
+                             f"{_fmt(1 - f['test_error'])} |")
+        lines.append("")
+    if s["candidate_seconds_median"]:
+        lines += [f"Candidates: {s['candidates']}; median {s['candidate_seconds_median']:.1f} s each "
+                  f"({s['candidates_per_hour_per_worker']:.0f} per hour per worker).", ""]
+    lines += [f"![{name}]({name})" for name in plots]
+    (root / "report.md").write_text("\n".join(lines) + "\n")
+    return s

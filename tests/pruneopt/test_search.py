@@ -1,0 +1,176 @@
+"""End-to-end searches on a tiny fake Fashion-MNIST: resume after SIGKILL, runner equivalence, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pruneopt.cli import main
+from pruneopt.search import SearchConfig, run_search
+from pruneopt.store import Store
+
+from .test_data import make_fake_dataset
+
+TINY = dict(samples=4, refined_samples=4, band=0.05, parent_epochs=1, batch_size=64, bn_batches=2, finetune_steps=2,
+            val_size=60, final_epochs=1)
+CLI_TINY = ["--samples", "4", "--refined-samples", "4", "--band", "0.05", "--parent-epochs", "1", "--batch-size", "64",
+            "--bn-batches", "2", "--finetune-steps", "2", "--val-size", "60", "--final-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fmnist")
+    make_fake_dataset(root, n_train=300, n_test=120)
+    return root
+
+
+def cfg(**kw) -> SearchConfig:
+    return SearchConfig(**{**TINY, **kw})
+
+
+def candidate_rows(run: Path) -> list[tuple]:
+    with Store.open(run, None, readonly=True) as s:
+        return [(r["space"], r["regime"], r["idx"], r["spec_hash"], r["seed"], r["error"]) for r in s.rows()]
+
+
+def winner(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())["winner"]
+
+
+@pytest.fixture(scope="module")
+def reference(fake_data, tmp_path_factory) -> Path:
+    """An uninterrupted in-process search (one torch thread for the candidates)."""
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    run_search(cfg(), out, workers=1, threads=1, data_dir=str(fake_data), show_progress=False)
+    return out
+
+
+def test_search_produces_winner_report_and_database(reference) -> None:
+    for name in ("report.md", "summary.json", "config.json", "edf_0.5.png", "error_vs_r_0.5.png",
+                 "rstar_by_regime.png", "winner/spec.json", "winner/weights.safetensors", "parent/spec.json"):
+        assert (reference / name).is_file(), name
+    s = json.loads((reference / "summary.json").read_text())
+    assert s["candidates"] == {"done": 8}
+    assert set(s["finals"]) == {"winner", "uniform", "global_l1"}
+    for f in s["finals"].values():
+        assert abs(f["flops_fraction"] - 0.5) <= 0.05 and 0 <= f["test_error"] <= 1
+    rs = s["regimes"]["0.5"]["r_star"]
+    assert rs["ci_low"] <= rs["r_star"] <= rs["ci_high"]
+    assert s["winner"]["error"] == min(r[-1] for r in candidate_rows(reference))
+    report = (reference / "report.md").read_text()
+    assert "Winner vs baselines" in report and "global_l1" in report
+
+
+def test_analyze_rerenders_from_the_database_alone(reference, capsys) -> None:
+    for name in ("report.md", "summary.json", "edf_0.5.png"):
+        (reference / name).unlink()
+    with pytest.raises(SystemExit) as info:
+        main(["analyze", str(reference), "--json"])
+    assert info.value.code == 0
+    assert json.loads(capsys.readouterr().out)["candidates"] == {"done": 8}
+    assert (reference / "report.md").is_file() and (reference / "edf_0.5.png").is_file()
+
+
+def test_rerunning_a_finished_search_evaluates_nothing(reference, fake_data) -> None:
+    before = candidate_rows(reference)
+    run_search(cfg(), reference, workers=1, threads=1, data_dir=str(fake_data), show_progress=False)
+    assert candidate_rows(reference) == before
+    with Store.open(reference, None, readonly=True) as s:
+        assert set(s.evaluation_counts().values()) == {1}
+
+
+def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(reference, fake_data, tmp_path) -> None:
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pruneopt", "search", "--data-dir", str(fake_data), "--out", str(out), *CLI_TINY,
+           "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if (out / "search.db").is_file():
+            try:
+                with sqlite3.connect(out / "search.db", timeout=1) as db:
+                    done = db.execute("SELECT COUNT(*) FROM candidates WHERE status = 'done'").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if done >= 2:
+                break
+    assert proc.poll() is None, f"search ended before it could be killed: {proc.stderr.read()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= done < 8
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert candidate_rows(out) == candidate_rows(reference)
+    assert winner(out) == winner(reference)
+    with Store.open(out, None, readonly=True) as s:
+        counts = s.evaluation_counts()
+    assert len(counts) == 8 and set(counts.values()) == {1}  # no candidate evaluated twice
+
+
+def test_local_pool_gives_the_same_results(reference, fake_data, tmp_path) -> None:
+    out = tmp_path / "pool"
+    run_search(cfg(), out, workers=2, threads=1, data_dir=str(fake_data), show_progress=False)
+    assert candidate_rows(out) == candidate_rows(reference)
+    assert winner(out) == winner(reference)
+
+
+def test_ray_backend_gives_the_same_results(reference, fake_data, tmp_path) -> None:
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    run_search(cfg(), out, workers=2, threads=1, backend="ray", data_dir=str(fake_data),
+               show_progress=False)
+    assert candidate_rows(out) == candidate_rows(reference)
+    with Store.open(out, None, readonly=True) as s:
+        assert all(r["worker"].startswith("ray:") for r in s.rows())
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    return info.value.code, capsys.readouterr().err
+
+
+def test_a_different_config_on_an_existing_run_is_refused(reference, fake_data, capsys) -> None:
+    code, err = run_cli(capsys, "search", "--data-dir", str(fake_data), "--out", str(reference), *CLI_TINY[:-2],
+                        "--final-epochs", "3", "--threads", "1", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "different config" in err and "final_epochs" in err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--regimes", "0.5,abc"], "--regimes"),
+    (["--regimes", "1.5"], r"\(0, 1\]"),
+    (["--samples", "2"], "at least 4"),
+    (["--arch", "vgg"], "unknown architecture"),
+    (["--eps", "2"], "--eps"),
+])
+def test_bad_search_config(capsys, tmp_path, fake_data, argv, match) -> None:
+    code, err = run_cli(capsys, "search", "--data-dir", str(fake_data), "--out", str(tmp_path / "x"), *argv)
+    assert code == 2 and err.count("\n") == 1
+    assert __import__("re").search(match, err), err
+
+
+def test_missing_data_is_one_line(capsys, tmp_path, monkeypatch) -> None:
+    from pruneopt.data import fashion_mnist as fm
+
+    monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "none")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("PRUNEOPT_DATA", raising=False)
+    code, err = run_cli(capsys, "search", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r"),
+                        "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "Fashion-MNIST not found" in err
+    assert not (tmp_path / "r").exists()  # nothing half-created
+
+
+def test_analyze_of_a_non_run(capsys, tmp_path) -> None:
+    code, err = run_cli(capsys, "analyze", str(tmp_path))
+    assert code == 2 and "not a search run" in err
