@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# GPU check of the fused multi-positive contrastive loss (cpp_ext), meant to finish in < 8 minutes:
+#   1. environment (GPU, torch, nvcc),
+#   2. just-in-time build of the operator with its CUDA kernels (fresh cache dir),
+#   3. the CUDA tests (tests/cpp_ext/test_cuda.py) and the CPU-emulation tests of the same kernels,
+#   4. bench/loss.py --device cuda (ext vs eager vs torch.compile(reference)),
+#   5. a summary table: time, speed-up vs eager, peak memory, and the achieved bandwidth as a
+#      fraction of reading q and k once at the measured device copy bandwidth.
+# Every step has its own time limit, capped so that the whole script stays within
+# GPU_CHECK_BUDGET seconds (default 460); a failing step does not stop the others, and the exit
+# status is non-zero if any step failed. Logs and JSON go to $OUT (default: ./gpu_check_out).
+#
+#   bash bench/gpu_check.sh
+#   GPU_CHECK_NO_COMPILE=1 bash bench/gpu_check.sh     # skip the torch.compile column (saves ~1-2 min)
+#   GPU_CHECK_REPS=5 GPU_CHECK_SCALE=0.5 ...            # fewer reps / smaller memory banks
+#   GPU_CHECK_ALLOW_CPU=1 ...                           # dry run of this script on a machine without GPU
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT_DIR="${OUT:-$ROOT/gpu_check_out}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PRUNEOPT_CPP_EXT_CACHE="${PRUNEOPT_CPP_EXT_CACHE:-$(mktemp -d)/pruneopt_cpp_ext}"
+export PRUNEOPT_CPP_EXT_VERBOSE=1
+REPS="${GPU_CHECK_REPS:-10}"
+SCALE="${GPU_CHECK_SCALE:-1.0}"
+BUDGET="${GPU_CHECK_BUDGET:-460}"
+START=$(date +%s)
+failures=()
+cd "$ROOT" || exit 1
+
+# seconds left of the overall budget
+remaining() { echo $((BUDGET - ($(date +%s) - START))); }
+
+# run_step NAME LIMIT_SECONDS CMD...: runs CMD with a time limit, output to $OUT_DIR/NAME.log.
+run_step() {
+  local name="$1" limit="$2"
+  shift 2
+  local start rc left
+  left=$(($(remaining) - 15))
+  [ "$left" -lt "$limit" ] && limit="$left"
+  if [ "$limit" -lt 20 ]; then
+    echo "=== $name: SKIPPED, the time budget is spent"
+    failures+=("$name")
+    return 1
+  fi
+  start=$(date +%s)
+  echo "=== $name (limit ${limit}s)"
+  timeout --kill-after=10 "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
+  rc=$?
+  if [ "$rc" -eq 0 ]; then
+    echo "    ok in $(($(date +%s) - start)) s"
+  else
+    [ "$rc" -eq 124 ] && echo "    TIMED OUT after ${limit}s" || echo "    FAILED (exit $rc) after $(($(date +%s) - start)) s"
+    tail -n 25 "$OUT_DIR/$name.log" | sed 's/^/    | /'
+    failures+=("$name")
+  fi
+  return "$rc"
+}
+
+echo "=== environment"
+{
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  command -v nvcc >/dev/null && nvcc --version | tail -n 2
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+} 2>&1 | tee "$OUT_DIR/environment.log" | sed 's/^/    /'
+
+DEVICE=cuda
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  if [ "${GPU_CHECK_ALLOW_CPU:-0}" = "1" ]; then
+    echo "    no CUDA device: dry run on the CPU (GPU_CHECK_ALLOW_CPU=1)"
+    DEVICE=cpu
+    REPS="${GPU_CHECK_REPS:-2}"
+    SCALE="${GPU_CHECK_SCALE:-0.02}"
+  else
+    echo "    no CUDA device visible to torch; nothing to check (set GPU_CHECK_ALLOW_CPU=1 for a dry run)"
+    exit 2
+  fi
+fi
+
+run_step build 240 "$PY" -c "
+import time, cpp_ext
+t = time.time()
+name = cpp_ext.backend()
+print('backend', name, '| has_cuda_kernel', cpp_ext.has_cuda_kernel(), '| reason', cpp_ext.backend_reason())
+print('build/load time %.1f s' % (time.time() - t))
+assert name != 'reference', 'the compiled operator is not available'
+assert '$DEVICE' == 'cpu' or cpp_ext.has_cuda_kernel(), 'the library has no CUDA kernels'
+"
+grep -E "^backend|build/load" "$OUT_DIR/build.log" | sed 's/^/    /'
+
+run_step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/cpp_ext/test_cuda.py tests/cpp_ext/test_cuda_emulation.py \
+  -o addopts="" --junitxml="$OUT_DIR/tests.xml"
+tail -n 3 "$OUT_DIR/tests.log" | sed 's/^/    /'
+
+bench_args=(--device "$DEVICE" --reps "$REPS" --scale "$SCALE" --json "$OUT_DIR/loss_bench.json")
+# torch.compile of the reference costs ~20-40 s per shape; drop it when time is short
+if [ "${GPU_CHECK_NO_COMPILE:-0}" = "1" ] || [ "$(remaining)" -lt 200 ]; then
+  bench_args+=(--no-compile)
+fi
+[ "$DEVICE" = "cpu" ] && bench_args+=(--bandwidth)
+run_step bench 280 "$PY" bench/loss.py "${bench_args[@]}"
+
+echo "=== summary"
+if [ -f "$OUT_DIR/loss_bench.json" ]; then
+  "$PY" - "$OUT_DIR/loss_bench.json" <<'EOF' | tee "$OUT_DIR/summary.txt"
+import json, sys
+data = json.load(open(sys.argv[1]))
+meta = data["meta"]
+bw = meta.get("bandwidth_bytes_per_s")
+print(f"device: {meta['device_name']}  torch {meta['torch']}  ext backend: {meta['ext_backend']}  "
+      f"dtype {meta['dtype']}  reps {meta['reps']}  copy bandwidth: {bw / 1e9:.0f} GB/s" if bw else "")
+head = f"{'shape':<9} {'B':>5} {'M':>7} {'D':>5} {'method':<9} {'time ms':>9} {'x eager':>8} {'peak MB':>9} {'bw frac':>8}"
+print(head)
+print("-" * len(head))
+for r in data["results"]:
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+    t = None if r["median_s"] is None else r["median_s"] * 1e3
+    mem = None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20
+    line = (f"{r['shape']:<9} {r['B']:>5} {r['M']:>7} {r['D']:>5} {r['method']:<9} {f(t, '.3f'):>9} "
+            f"{f(r['speedup_vs_eager'], '.2f'):>8} {f(mem, '.1f'):>9} {f(r['bw_frac'], '.3f'):>8}")
+    if r.get("error"):
+        line += "  ERROR " + r["error"]
+    print(line)
+print("bw frac = (bytes of q + bytes of k) / time / measured copy bandwidth")
+EOF
+else
+  echo "    no benchmark results (see $OUT_DIR/bench.log)"
+fi
+
+if [ "${#failures[@]}" -gt 0 ]; then
+  echo "=== FAILED steps: ${failures[*]} (logs in $OUT_DIR)"
+  exit 1
+fi
+echo "=== all steps passed (logs in $OUT_DIR)"
