@@ -47,4 +47,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
-from . import search_cmds, structure  # noqa: E402,F401  (registers the commands)
+from . import deploy, search_cmds, structure  # noqa: E402,F401  (registers the commands)

@@ -59,7 +59,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
               help="Largest allowed max|onnx - torch| / max|torch|.")
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch verification.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Largest batch the ONNX accepts (dynamic axis bound).")
+              help="Upper bound of the dynamic batch axis given to the dynamo exporter; stored in the metadata.")
 @click.option("--trt-min-batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--trt-opt-batch", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--trt-max-batch", type=click.IntRange(min=1), default=64, show_default=True)
@@ -103,15 +103,11 @@ def export_cmd(path, arch, num_classes, last_stride, features_only, want_onnx, w
         from export.onnx import export_onnx, load_model
         from pruneopt.models import get_arch
 
-        model = load_model(path, arch, in_chans=None, num_classes=num_classes, last_stride=last_stride,
-                           features_only=features_only)
+        given = parse_shape(input_) if input_ else None
+        model = load_model(path, arch, in_chans=given[0] if given and arch else None, num_classes=num_classes,
+                           last_stride=last_stride, features_only=features_only)
         spec = model.spec
-        shape = parse_shape(input_) if input_ else (spec.in_chans, *get_arch(spec.arch).default_input[1:])
-        if input_ and len(input_.lower().split("x")) == 2:
-            shape = (spec.in_chans, *shape[1:])
-        if arch is not None and shape[0] != spec.in_chans:  # --arch follows --input's channel count
-            model = load_model(None, arch, in_chans=shape[0], num_classes=num_classes, last_stride=last_stride,
-                               features_only=features_only)
+        shape = given or (spec.in_chans, *get_arch(spec.arch).default_input[1:])
         onnx_path = out or (Path(path) / "model.onnx" if path is not None and Path(path).is_dir()
                             else Path(f"{arch or spec.arch}.onnx"))
         m, s = _floats(mean, "--mean"), _floats(std, "--std")
@@ -133,7 +129,8 @@ def export_cmd(path, arch, num_classes, last_stride, features_only, want_onnx, w
             click.echo(f"{spec.arch} ({spec.hash()}) -> {res.path}: {res.exporter} exporter"
                        + (f" (fallback: {res.fallback_reason})" if res.fallback_reason else "")
                        + f", opset {meta.opset}, input {'x'.join(map(str, shape))}, output {meta.output_kind}"
-                       f"[{meta.output_dim}]{' L2-normalised' if normalize else ''}, {res.seconds:.1f} s")
+                       f"[{meta.output_dim}]{' L2-normalised' if normalize else ''}, {res.seconds:.1f} s"
+                       + (" (random weights: --arch exports the untrained reference network)" if arch else ""))
             if res.verification:
                 for line in res.verification.lines():
                     click.echo("  " + line)
@@ -159,7 +156,8 @@ def export_cmd(path, arch, num_classes, last_stride, features_only, want_onnx, w
 @cli.command("bench")
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--arch", default=None, metavar="NAME",
-              help="Add the unpruned reference network (random weights) as the first model.")
+              help="Add the unpruned reference network (random weights) as the first model, with the options "
+                   "(classes, last stride, features-only) of the first given subnetwork of that architecture.")
 @click.option("--runtimes", default="torch,ort-cpu", show_default=True,
               help="Comma-separated: torch, torch-cpu, torch-cuda, ort-cpu, ort-cuda, ort-trt, trt.")
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
@@ -169,7 +167,8 @@ def export_cmd(path, arch, num_classes, last_stride, features_only, want_onnx, w
 @click.option("--seconds", type=float, default=None, help="Instead of --iters: seconds per runner per batch size.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Intra-op threads for torch and ONNX Runtime. Default: all cores.")
-@click.option("--spin", is_flag=True, help="Let ONNX Runtime's idle threads spin-wait (its default; off here).")
+@click.option("--spin", is_flag=True, help="Let idle threads spin-wait (ONNX Runtime's default, and torch's without "
+                                          "OMP_WAIT_POLICY=PASSIVE); off here, see the module docs of export.bench.")
 @click.option("--memory/--no-memory", default=True, show_default=True,
               help="Measure peak memory per runtime and batch in a fresh subprocess.")
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), default="auto", show_default=True,
