@@ -174,3 +174,24 @@ def test_missing_data_is_one_line(capsys, tmp_path, monkeypatch) -> None:
 def test_analyze_of_a_non_run(capsys, tmp_path) -> None:
     code, err = run_cli(capsys, "analyze", str(tmp_path))
     assert code == 2 and "not a search run" in err
+
+
+def test_candidate_latency_is_measured_in_onnx_runtime(fake_data, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from pruneopt.checkpoint import save_subnet
+    from pruneopt.evaluate import ClassificationEvaluator, ClassificationSettings, DataSettings
+    from pruneopt.models import build, default_spec
+    from pruneopt.space import PruningSpace, Regime
+
+    parent = build(default_spec("resnet20", in_chans=1, num_classes=10))
+    save_subnet(parent, tmp_path / "parent")
+    spec = next(PruningSpace(parent.spec, input_hw=(28, 28)).sample(1, Regime(0.5, 0.05)).specs())
+    ev = ClassificationEvaluator(ClassificationSettings(
+        parent_dir=str(tmp_path / "parent"), data=DataSettings(data_dir=str(fake_data)), bn_batches=1,
+        finetune_steps=1, val_size=20, latency=True, latency_batch=16))
+    before = torch.get_num_threads()
+    r = ev.evaluate(spec, seed=0)
+    assert torch.get_num_threads() == before
+    assert 0 < r.latency_b1_ms < r.latency_bn_ms
