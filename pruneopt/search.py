@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -118,12 +119,15 @@ class Context:
     address: str | None = None
     threads: int | None = None
     progress: Any = None
+    echo: bool = False  # without progress bars, print stage messages on stderr
     log: list[str] = field(default_factory=list)
 
     def say(self, msg: str) -> None:
         self.log.append(msg)
         if self.progress is not None:
             self.progress.console.print(msg)
+        elif self.echo:
+            print(msg, file=sys.stderr, flush=True)
 
 
 def _seed(*parts: Any) -> int:
@@ -205,10 +209,11 @@ class _Ticker:
     """Progress of one evaluation round: a bar with the best error so far, and a line per failure."""
 
     def __init__(self, ctx: Context, label: str, total: int) -> None:
-        self.ctx, self.label, self.best = ctx, label, math.inf
+        self.ctx, self.label, self.best, self.total, self.done = ctx, label, math.inf, total, 0
         self.bar = ctx.progress.add_task(f"{label}: evaluating", total=total) if ctx.progress else None
 
     def __call__(self, o: Any) -> None:
+        self.done += 1
         if o.result is None:
             self.ctx.say(f"candidate {o.task.candidate_id} failed: {(o.message or '').splitlines()[0]}")
         else:
@@ -216,6 +221,8 @@ class _Ticker:
         if self.bar is not None:
             self.ctx.progress.update(self.bar, advance=1,
                                      description=f"{self.label}: evaluating (best error {self.best:.4f})")
+        elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
+            self.ctx.say(f"{self.label}: {self.done}/{self.total} evaluated, best error {self.best:.4f}")
 
 
 def stage_analysis(ctx: Context, regime: float) -> dict[str, Any]:
@@ -294,8 +301,11 @@ def stage_finals(ctx: Context, parent_dir: Path) -> None:
 
 def run_search(cfg: SearchConfig, out: str | Path, *, workers: int = 1, backend: str = "local",
                address: str | None = None, threads: int | None = None, data_dir: str | None = None,
-               show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a search into ``out``; returns the summary (also written to ``out/summary.json``)."""
+               show_progress: bool = True, echo: bool = False) -> dict[str, Any]:
+    """Run (or resume) a search into ``out``; returns the summary (also written to ``out/summary.json``).
+
+    ``show_progress`` draws progress bars; without them, ``echo`` prints each stage's result on stderr.
+    """
     from .report import render_report
 
     root = Path(out)
@@ -303,7 +313,7 @@ def run_search(cfg: SearchConfig, out: str | Path, *, workers: int = 1, backend:
     data.load()  # fail early (one clear message) if the data is missing
     with Store.open(root, cfg.to_dict()) as store, _progress(show_progress) as progress, _driver_threads(threads):
         (root / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        ctx = Context(cfg, root, store, data, workers, backend, address, threads, progress)
+        ctx = Context(cfg, root, store, data, workers, backend, address, threads, progress, echo=echo)
         parent_dir = stage_parent(ctx)
         parent_model = load_subnet(parent_dir)
         settings = ClassificationSettings(

@@ -58,7 +58,7 @@ def _tunable_options(f):  # noqa: ANN001, ANN202
                    "[cores / workers; all cores]. Equal settings give identical results.")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", default=None, help="Ray cluster address (e.g. auto); default: start a local Ray.")
-@click.option("--no-progress", is_flag=True, help="No progress bars (logs only).")
+@click.option("--no-progress", is_flag=True, help="No progress bars: print each stage's result on stderr instead.")
 def search_cmd(arch, data, data_dir, regimes, parent, latency, quick, out, workers, threads, backend, address,  # noqa: ANN001
                no_progress, **tunables) -> None:
     """Search a pruning space: evaluate populations of subnetworks, find the winning FLOPs/params ratio R*,
@@ -77,7 +77,7 @@ def search_cmd(arch, data, data_dir, regimes, parent, latency, quick, out, worke
                      parent=str(parent.resolve()) if parent else None)
     cfg = SearchConfig.quick(**overrides) if quick else SearchConfig(**overrides)
     summary = run_search(cfg, out, workers=workers, backend=backend, address=address, threads=threads,
-                         data_dir=str(data_dir) if data_dir else None, show_progress=not no_progress)
+                         data_dir=str(data_dir) if data_dir else None, show_progress=not no_progress, echo=True)
     _print_summary(summary, out)
 
 
