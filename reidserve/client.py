@@ -1,0 +1,234 @@
+"""A Python client of ``reidserve serve`` (httpx), also behind ``reidserve query``.
+
+    from reidserve.client import ReidClient
+
+    with ReidClient("http://127.0.0.1:8080", token="...") as c:
+        c.add("person-1", image="crop.jpg", camera="cam1", metadata={"track": 7})
+        hits = c.search(image="query.jpg", k=5, exclude_cameras=["cam1"])
+        print(hits[0]["id"], hits[0]["score"])
+
+Images may be given as a path, raw file bytes, a PIL image or an ``HxW`` / ``HxWxC`` ``uint8`` array (sent as
+PNG). Images travel base64-encoded in JSON (``upload="json"``, the default) or as multipart files
+(``upload="multipart"``). A non-2xx answer raises :class:`ReidClientError` carrying the status and the server's
+``detail`` message. This module imports neither torch nor the service.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+__all__ = ["ReidClient", "ReidClientError", "image_bytes"]
+
+ImageLike = str | os.PathLike[str] | bytes | np.ndarray | Any  # Any: a PIL image
+
+
+class ReidClientError(Exception):
+    """The server refused a request (``status`` >= 400) or could not be reached (``status`` 0)."""
+
+    def __init__(self, status: int, detail: Any, method: str = "", path: str = "") -> None:
+        self.status, self.detail = status, detail
+        text = detail if isinstance(detail, str) else _format_detail(detail)
+        where = f"{method} {path}: " if method else ""
+        super().__init__(f"{where}{status} {text}" if status else f"{where}{text}")
+
+
+def _format_detail(detail: Any) -> str:
+    if isinstance(detail, list):  # FastAPI validation errors
+        parts = []
+        for e in detail:
+            if isinstance(e, dict):
+                loc = ".".join(str(x) for x in e.get("loc", []) if x != "body")
+                parts.append(f"{loc}: {e.get('msg', '')}" if loc else str(e.get("msg", "")))
+            else:
+                parts.append(str(e))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def image_bytes(image: ImageLike) -> bytes:
+    """The file bytes to send for ``image`` (path, bytes, PIL image or uint8 array; arrays become PNG)."""
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    if isinstance(image, str | os.PathLike):
+        p = Path(image)
+        try:
+            return p.read_bytes()
+        except OSError as exc:
+            raise ReidClientError(0, f"cannot read image {p}: {exc.strerror or exc}") from None
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+            raise ReidClientError(0, f"an image array must be uint8 HxW or HxWxC, got {arr.dtype} {arr.shape}")
+        image = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+    raise ReidClientError(0, f"cannot send a {type(image).__name__} as an image (give a path, bytes, a PIL image "
+                             "or a uint8 array)")
+
+
+def _b64(image: ImageLike) -> str:
+    return base64.b64encode(image_bytes(image)).decode("ascii")
+
+
+class ReidClient:
+    """A synchronous client of one reidserve server (see the module docstring)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", token: str | None = None, *, timeout: float = 30.0,
+                 upload: str = "json", transport: httpx.BaseTransport | None = None) -> None:
+        if upload not in ("json", "multipart"):
+            raise ValueError(f"upload must be json or multipart, got {upload!r}")
+        self.url = url.rstrip("/")
+        self.upload = upload
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ReidClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Send a request; raise :class:`ReidClientError` unless the answer is 2xx."""
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ReidClientError(0, f"cannot reach {self.url} ({type(exc).__name__}: {exc}); is `reidserve serve` "
+                                     "running there?", method, path) from None
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text or r.reason_phrase
+            raise ReidClientError(r.status_code, detail, method, path)
+        return r
+
+    # -- API ------------------------------------------------------------------------------------------------
+    def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """``[n, dim]`` L2-normalised embeddings of ``images``."""
+        if self.upload == "multipart":
+            files = [("images", (f"{i}.img", image_bytes(im), "application/octet-stream"))
+                     for i, im in enumerate(images)]
+            r = self.request("POST", "/v1/embed", files=files)
+        else:
+            r = self.request("POST", "/v1/embed", json={"images": [_b64(im) for im in images]})
+        return np.asarray(r.json()["embeddings"], dtype=np.float32)
+
+    def add(self, item_id: str, *, image: ImageLike | None = None, images: Sequence[ImageLike] | None = None,
+            embedding: Sequence[float] | np.ndarray | None = None, camera: str | None = None,
+            time: float | None = None, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Add or replace one item (give exactly one of ``image``, ``images``, ``embedding``)."""
+        if self.upload == "multipart" and embedding is None:
+            ims = [image] if image is not None else list(images or [])
+            import json
+
+            data: dict[str, str] = {"id": item_id}
+            if camera is not None:
+                data["camera"] = camera
+            if time is not None:
+                data["time"] = repr(float(time))
+            if metadata:
+                data["metadata"] = json.dumps(dict(metadata))
+            files = [("images", (f"{i}.img", image_bytes(im), "application/octet-stream")) for i, im in
+                     enumerate(ims)]
+            return self.request("POST", "/v1/gallery", data=data, files=files).json()
+        item = self.item(item_id, image=image, images=images, embedding=embedding, camera=camera, time=time,
+                         metadata=metadata)
+        return self.add_many([item])
+
+    @staticmethod
+    def item(item_id: str, *, image: ImageLike | None = None, images: Sequence[ImageLike] | None = None,
+             embedding: Sequence[float] | np.ndarray | None = None, camera: str | None = None,
+             time: float | None = None, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One item of :meth:`add_many` as JSON."""
+        out: dict[str, Any] = {"id": item_id}
+        if image is not None:
+            out["image"] = _b64(image)
+        if images is not None:
+            out["images"] = [_b64(im) for im in images]
+        if embedding is not None:
+            out["embedding"] = np.asarray(embedding, dtype=np.float64).tolist()
+        if camera is not None:
+            out["camera"] = camera
+        if time is not None:
+            out["time"] = float(time)
+        if metadata:
+            out["metadata"] = dict(metadata)
+        return out
+
+    def add_many(self, items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """Upsert several items (dicts as made by :meth:`item`) in one request, one transaction."""
+        return self.request("POST", "/v1/gallery", json={"items": list(items)}).json()
+
+    def get(self, item_id: str, *, include_embedding: bool = False) -> dict[str, Any]:
+        params = {"include_embedding": "true"} if include_embedding else None
+        return self.request("GET", f"/v1/gallery/{item_id}", params=params).json()
+
+    def delete(self, item_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/gallery/{item_id}").json()
+
+    def search(self, *, image: ImageLike | None = None, embedding: Sequence[float] | np.ndarray | None = None,
+               k: int = 10, cameras: Sequence[str] | None = None, exclude_cameras: Sequence[str] = (),
+               time_min: float | None = None, time_max: float | None = None,
+               exclude_ids: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The top-``k`` hits (``id``, ``score``, ``camera``, ``time``, ``metadata``) for an image or embedding."""
+        flt: dict[str, Any] = {}
+        if cameras is not None:
+            flt["cameras"] = list(cameras)
+        if exclude_cameras:
+            flt["exclude_cameras"] = list(exclude_cameras)
+        if time_min is not None:
+            flt["time_min"] = float(time_min)
+        if time_max is not None:
+            flt["time_max"] = float(time_max)
+        if exclude_ids:
+            flt["exclude_ids"] = list(exclude_ids)
+        if self.upload == "multipart" and image is not None:
+            import json
+
+            data = {"k": str(int(k))}
+            if flt:
+                data["filter"] = json.dumps(flt)
+            files = [("image", ("query.img", image_bytes(image), "application/octet-stream"))]
+            return self.request("POST", "/v1/search", data=data, files=files).json()["hits"]
+        body: dict[str, Any] = {"k": int(k)}
+        if image is not None:
+            body["image"] = _b64(image)
+        if embedding is not None:
+            body["embedding"] = np.asarray(embedding, dtype=np.float64).tolist()
+        if flt:
+            body["filter"] = flt
+        return self.request("POST", "/v1/search", json=body).json()["hits"]
+
+    def stats(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/stats").json()
+
+    def health(self) -> bool:
+        try:
+            return self._http.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics").text
