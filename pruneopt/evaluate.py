@@ -11,12 +11,16 @@ The classification evaluator (task ``"classification"``) does, for each spec:
 3. fine-tune briefly: a fixed number of SGD steps on the training split, the same budget for every candidate;
 4. score top-1 error on the validation split (never the test split).
 
+The re-ID evaluator (task ``"reid"``, :mod:`pruneopt.evaluate_reid`, imported on first use) thins the parent backbone,
+fine-tunes it briefly without labels (:func:`reidserve.train.finetune_and_score`) and scores ``1 - mAP``.
+
 All randomness comes from the candidate's seed, so a candidate's error does not depend on which worker ran it,
 in what order, or whether the run was interrupted.
 """
 
 from __future__ import annotations
 
+import importlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,6 +53,8 @@ class Evaluator(Protocol):
 
 
 _EVALUATORS: dict[str, Callable[[dict[str, Any]], Evaluator]] = {}
+# tasks whose evaluator lives in a module imported on first use (``import pruneopt`` stays free of reidserve)
+_LAZY_EVALUATORS: dict[str, str] = {"reid": "pruneopt.evaluate_reid"}
 
 
 def register_evaluator(task: str, factory: Callable[[dict[str, Any]], Evaluator]) -> None:
@@ -57,8 +63,12 @@ def register_evaluator(task: str, factory: Callable[[dict[str, Any]], Evaluator]
 
 
 def make_evaluator(task: str, settings: dict[str, Any]) -> Evaluator:
+    """The evaluator of ``task`` built from ``settings`` (importing a lazily registered task's module first)."""
+    if task not in _EVALUATORS and task in _LAZY_EVALUATORS:
+        importlib.import_module(_LAZY_EVALUATORS[task])  # registers itself
     if task not in _EVALUATORS:
-        raise PruneoptError(f"unknown task {task!r}; choose one of {', '.join(sorted(_EVALUATORS))}")
+        known = sorted({*_EVALUATORS, *_LAZY_EVALUATORS})
+        raise PruneoptError(f"unknown task {task!r}; choose one of {', '.join(known)}")
     return _EVALUATORS[task](settings)
 
 

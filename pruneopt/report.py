@@ -1,4 +1,8 @@
-"""A search's report, rendered from its store alone: ``report.md``, PNG plots and ``summary.json``."""
+"""A search's report, rendered from its store alone: ``report.md``, PNG plots and ``summary.json``.
+
+Wording follows the run's task: classification errors are top-1 errors (and accuracy), re-ID errors are
+``1 - mAP`` (and mAP, rank-1) on a query/gallery split.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,21 @@ import numpy as np
 from .analysis import edf, normalized_edf, r_buckets
 from .store import Store
 
+SAME_QUERY_GALLERY_NOTE = (
+    "no separate --val-data: the candidates were scored, and the winner selected, on the same query/gallery "
+    "as the final test figures, so the winner's test mAP is optimistically biased"
+)
+
 
 def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def _plots(store: Store, root: Path, regimes: list[float]) -> list[str]:
+def _task(cfg: dict[str, Any]) -> str:
+    return str(cfg.get("task", "classification"))
+
+
+def _plots(store: Store, root: Path, regimes: list[float], task: str = "classification") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,6 +38,7 @@ def _plots(store: Store, root: Path, regimes: list[float]) -> list[str]:
 
     files: list[str] = []
     stages = store.stages()
+    xlabel = "1 - validation mAP" if task == "reid" else "validation error"
     for r in regimes:
         init = store.rows("initial", r)
         ref = store.rows("refined", r)
@@ -39,11 +53,11 @@ def _plots(store: Store, root: Path, regimes: list[float]) -> list[str]:
             e_r = np.array([x["error"] for x in ref])
             ax[0].plot(grid, edf(e_r, grid), label=f"refined (n={len(ref)})")
             ax[0].plot(grid, normalized_edf(e_r, [x["params"] for x in ref], grid), "--", label="refined, normalised")
-        ax[0].set(xlabel="validation error", ylabel="F(error)", title=f"error EDF at {r:g} of the parent's FLOPs")
+        ax[0].set(xlabel=xlabel, ylabel="F(error)", title=f"error EDF at {r:g} of the parent's FLOPs")
         ax[0].legend(fontsize=8)
         for b in r_buckets(e_i, np.array([x["ratio"] for x in init])):
             ax[1].plot(grid, edf(b.errors, grid), label=f"R {b.r_low:.0f}-{b.r_high:.0f} (n={b.errors.size})")
-        ax[1].set(xlabel="validation error", ylabel="F(error)", title="initial space, by R quantile")
+        ax[1].set(xlabel=xlabel, ylabel="F(error)", title="initial space, by R quantile")
         ax[1].legend(fontsize=8)
         name = f"edf_{r:g}.png"
         fig.tight_layout()
@@ -61,7 +75,7 @@ def _plots(store: Store, root: Path, regimes: list[float]) -> list[str]:
             ax.axvspan(rs["ci_low"], rs["ci_high"], color="k", alpha=0.1, label=f"{rs['confidence']:.0%} CI")
             ax.axvspan(rs["r_star"] * (1 - rs["eps"]), rs["r_star"] * (1 + rs["eps"]), color="g", alpha=0.08,
                        label="refined band")
-        ax.set(xlabel="R = FLOPs / params", ylabel="validation error", title=f"error vs R at {r:g}")
+        ax.set(xlabel="R = FLOPs / params", ylabel=xlabel, title=f"error vs R at {r:g}")
         ax.legend(fontsize=8)
         name = f"error_vs_r_{r:g}.png"
         fig.tight_layout()
@@ -103,7 +117,20 @@ def summarize(store: Store) -> dict[str, Any]:
             "acceptance_refined": (stages.get(f"sampled:refined:{r:g}") or {}).get("acceptance_rate"),
         }
     finals = {k.split(":", 1)[1]: v for k, v in stages.items() if k.startswith("final:")}
+    task = _task(cfg)
+    extra: dict[str, Any] = {}
+    if task == "reid":
+        same = cfg.get("val_data") in (None, cfg["data"])  # the CLI stores both folders resolved
+        extra["selection"] = {
+            "candidates_scored_on": cfg.get("val_data") or cfg["data"],
+            "finals_scored_on": cfg["data"],
+            "same_query_gallery": same,
+            "note": (SAME_QUERY_GALLERY_NOTE if same else
+                     "candidates were scored on --val-data; the final figures on --data's query/gallery"),
+        }
     return {
+        "task": task,
+        "metric": "mAP" if task == "reid" else "top-1 accuracy",
         "config": cfg,
         "parent": stages.get("parent"),
         "regimes": per_regime,
@@ -112,6 +139,7 @@ def summarize(store: Store) -> dict[str, Any]:
         "candidates": store.counts(),
         "candidate_seconds_median": float(np.median(walls)) if walls else None,
         "candidates_per_hour_per_worker": 3600.0 / float(np.median(walls)) if walls else None,
+        **extra,
     }
 
 
@@ -119,14 +147,28 @@ def render_report(store: Store, root: Path) -> dict[str, Any]:
     """Write ``report.md``, the plots and ``summary.json`` into ``root``; return the summary."""
     s = summarize(store)
     cfg = s["config"]
+    reid = s["task"] == "reid"
     regimes = [float(r) for r in cfg["regimes"]]
-    plots = _plots(store, root, regimes)
+    plots = _plots(store, root, regimes, s["task"])
     (root / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
 
-    lines = [f"# Pruning-space search: {cfg['arch']} on {cfg['data']}", ""]
+    lines = [f"# Pruning-space search: {cfg['arch']} on {cfg['data']}" + (" (person re-ID)" if reid else ""), ""]
     p = s["parent"]
-    if p:
+    if p and reid:
+        lines += [f"Parent ({p['source']}), as given (fresh GeM + BNNeck head, no fine-tune): mAP "
+                  f"{_fmt(p.get('val_map'))} on the candidates' query/gallery, test mAP {_fmt(p.get('test_map'))}.",
+                  ""]
+    elif p:
         lines += [f"Parent: val error {_fmt(p['val_error'])}, test error {_fmt(p['test_error'])} ({p['source']}).", ""]
+    if reid:
+        sel = s["selection"]
+        size = "x".join(str(x) for x in cfg["size"])
+        lines += [f"Errors are 1 - mAP. Each candidate: {cfg['finetune_steps']} unsupervised TMP steps of "
+                  f"{'x'.join(str(x) for x in cfg['reid_batch'])} images at {size} on the training images of "
+                  f"{sel['candidates_scored_on']}, scored on its query/gallery. Finals: {cfg['final_steps']} steps "
+                  f"in {cfg['final_rounds']} rounds on {sel['finals_scored_on']}, scored on its query/gallery.", ""]
+        if sel["same_query_gallery"]:
+            lines += [f"**Note:** {sel['note']}.", ""]
     lines += ["## Populations", "",
               "| regime | initial n | refined n | best initial | best refined | R* [CI] | eps | KS p | "
               "search cost initial -> refined |",
@@ -140,7 +182,18 @@ def render_report(store: Store, root: Path) -> dict[str, Any]:
             f"{_fmt(c.get('cost_initial'), '.1f')} -> {_fmt(c.get('cost_refined'), '.1f')} |")
     lines += ["", "Search cost: expected samples to draw one subnetwork at least as good as the initial space's "
               "top-5% validation error (1 / F(e5)); lower is better.", ""]
-    if s["finals"]:
+    if s["finals"] and reid:
+        lines += ["## Winner vs baselines (same final fine-tune)", "",
+                  "| model | FLOPs fraction | MACs | params | R | test mAP | test rank-1 |",
+                  "|---|---|---|---|---|---|---|"]
+        for name in ("winner", "uniform", "global_l1"):
+            f = s["finals"].get(name)
+            if f:
+                lines.append(f"| {name} | {f['flops_fraction']:.3f} | {f['macs']:,} | {f['params']:,} | "
+                             f"{f['ratio']:.1f} | {_fmt(f.get('test_map'))} | {_fmt(f.get('test_rank1'))} |")
+        lines += ["", "The fine-tuned winner backbone is in `winner/`; each fine-tuned re-ID model (with its head) in "
+                  "`final/MODEL/run/model/`.", ""]
+    elif s["finals"]:
         lines += ["## Winner vs baselines (same final fine-tune)", "",
                   "| model | FLOPs fraction | MACs | params | R | val error | test error | test accuracy |",
                   "|---|---|---|---|---|---|---|---|"]

@@ -73,6 +73,7 @@ __all__ = [
     "evaluate_model",
     "extract_features",
     "finetune_and_score",
+    "finetune_config",
     "parse_batch",
     "train",
     "train_transform",
@@ -923,6 +924,57 @@ def train(
     return _run(cfg, Path(out), resume=resume, log=log or (lambda s: print(s, flush=True)))
 
 
+def finetune_config(
+    data_root: str | os.PathLike[str],
+    steps: int = 200,
+    seed: int = 0,
+    *,
+    rounds: int = 1,
+    size: tuple[int, int] = (256, 128),
+    batch: tuple[int, int] = (16, 4),
+    loss: Literal["tmp", "centroid"] = "tmp",
+    cluster: ClusterConfig | None = None,
+    lr: float = 3.5e-4,
+    threads: int | None = None,
+    device: str = "cpu",
+    workers: int = 0,
+    backbone: str | os.PathLike[str] | None = None,
+) -> TrainConfig:
+    """The :class:`TrainConfig` of :func:`finetune_and_score`'s fine-tune (``steps`` split over ``rounds``).
+
+    With ``backbone`` (a subnetwork folder), :func:`train` into a run folder does the same fine-tune as
+    :func:`finetune_and_score` on that network, resumably, and keeps the model; without it the config names
+    ``"<module>"`` and is for :func:`finetune_and_score`'s in-memory backbone.
+    """
+    if steps < rounds or rounds < 1:
+        raise TrainError(f"need rounds >= 1 and steps >= rounds, got steps={steps}, rounds={rounds}")
+    cl = cluster or ClusterConfig()
+    return TrainConfig(
+        data=str(data_root),
+        arch=None,
+        backbone="<module>" if backbone is None else str(backbone),
+        epochs=rounds,
+        iters=math.ceil(steps / rounds),
+        p=batch[0],
+        k=batch[1],
+        loss=loss,
+        lr=lr,
+        step_size=max(rounds, 1),
+        size=size,
+        seed=seed,
+        k1=cl.k1,
+        k2=cl.k2,
+        eps=cl.eps,
+        min_samples=cl.min_samples,
+        outliers=cl.outliers,
+        threads=threads,
+        device=device,
+        workers=workers,
+        eval_every=rounds,
+        progress=False,
+    )
+
+
 def finetune_and_score(
     backbone_model: nn.Module,
     data_root: str | os.PathLike[str],
@@ -948,33 +1000,8 @@ def finetune_and_score(
     of the arguments on a given machine and thread count. Raises :class:`TrainError` when the clustering
     leaves fewer than P pseudo-identities even with the outliers as singletons (a too-large ``eps``).
     """
-    if steps < rounds or rounds < 1:
-        raise TrainError(f"need rounds >= 1 and steps >= rounds, got steps={steps}, rounds={rounds}")
-    cl = cluster or ClusterConfig()
-    cfg = TrainConfig(
-        data=str(data_root),
-        arch=None,
-        backbone="<module>",
-        epochs=rounds,
-        iters=math.ceil(steps / rounds),
-        p=batch[0],
-        k=batch[1],
-        loss=loss,
-        lr=lr,
-        step_size=max(rounds, 1),
-        size=size,
-        seed=seed,
-        k1=cl.k1,
-        k2=cl.k2,
-        eps=cl.eps,
-        min_samples=cl.min_samples,
-        outliers=cl.outliers,
-        threads=threads,
-        device=device,
-        workers=workers,
-        eval_every=rounds,
-        progress=False,
-    )
+    cfg = finetune_config(data_root, steps, seed, rounds=rounds, size=size, batch=batch, loss=loss, cluster=cluster,
+                          lr=lr, threads=threads, device=device, workers=workers)
     result = _run(cfg, None, resume=False, log=lambda s: None, backbone_module=backbone_model)
     last = result.last
     if last is None or last.get("val") is None:

@@ -1,0 +1,237 @@
+"""``pruneopt search --task reid`` end to end on a tiny synthetic re-ID dataset: candidates scored by 1 - val mAP
+after a short unsupervised fine-tune, finals by test mAP, resume, --val-data, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pruneopt.checkpoint import load_subnet, save_subnet
+from pruneopt.cli import cli, main
+from pruneopt.complexity import count
+from pruneopt.models import ModelSpec, build, default_spec
+from pruneopt.search import SearchConfig, _seed
+from pruneopt.store import Store
+from pruneopt.thinning import thin
+
+pytest.importorskip("faiss")
+
+from reidserve.cluster import ClusterConfig  # noqa: E402
+from reidserve.data.synth import SynthConfig, generate  # noqa: E402
+from reidserve.model import load_reid_model  # noqa: E402
+from reidserve.train import finetune_and_score  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = SynthConfig(ids=16, cams=3, seed=1, imgs_per_id=(3, 4), size=(64, 32), distractors=4)
+CLUSTER = ClusterConfig(k1=6, k2=2, eps=0.4, outliers="singleton")
+FT = {"batch": (4, 2), "cluster": CLUSTER, "threads": 1}  # what CLI_TINY asks of every fine-tune
+CLI_TINY = ["--samples", "4", "--refined-samples", "4", "--band", "0.05", "--finetune-steps", "2",
+            "--reid-batch", "4x2", "--k1", "6", "--k2", "2", "--cluster-eps", "0.4", "--outliers", "singleton",
+            "--final-steps", "4", "--final-rounds", "2", "--workers", "1", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("reid") / "data"
+    generate(TINY, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnet20 classification network (RGB stem, 10-class head): the search makes a re-ID backbone of it."""
+    torch.manual_seed(0)
+    return save_subnet(build(default_spec("resnet20", in_chans=3, num_classes=10)), tmp_path_factory.mktemp("p"))
+
+
+def search_args(data: Path, parent: Path, out: Path, *extra: str) -> list[str]:
+    return ["search", "--task", "reid", "--data", str(data), "--parent", str(parent), "--size", "64x32",
+            "--out", str(out), *CLI_TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def run(tiny: Path, parent: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "reid"
+    before = torch.get_num_threads()
+    r = CliRunner().invoke(cli, search_args(tiny, parent, out))
+    torch.set_num_threads(before)
+    assert r.exit_code == 0, r.output
+    assert "test mAP" in r.output and "test accuracy" not in r.output
+    return out
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def candidates(run: Path) -> list[dict]:
+    with Store.open(run, None, readonly=True) as s:
+        return s.rows()
+
+
+def test_summary_has_map_finals_and_a_loadable_winner_in_the_regime(run: Path) -> None:
+    s = summary(run)
+    assert s["task"] == "reid" and s["metric"] == "mAP" and s["candidates"] == {"done": 8}
+    assert set(s["finals"]) == {"winner", "uniform", "global_l1"}
+    for f in s["finals"].values():
+        assert 0.0 <= f["test_map"] <= 1.0 and f["test_error"] == pytest.approx(1 - f["test_map"], abs=1e-12)
+        assert abs(f["flops_fraction"] - 0.5) <= 0.05 + 1e-9
+    assert s["winner"]["error"] == min(r["error"] for r in candidates(run))
+    parent = load_subnet(run / "parent")  # stored as the re-ID backbone: RGB, features only, last stride 1
+    assert parent.spec.in_chans == 3 and parent.spec.features_only and parent.spec.last_stride == 1
+    winner = load_subnet(run / "winner")
+    assert winner.spec.to_dict() == s["finals"]["winner"]["spec"]
+    frac = count(winner.spec, (64, 32)).macs / count(parent.spec, (64, 32)).macs
+    assert frac == pytest.approx(s["finals"]["winner"]["flops_fraction"]) and abs(frac - 0.5) <= 0.05 + 1e-9
+    reid_model = load_reid_model(run / "final" / "winner" / "run" / "model")  # the fine-tuned winner with its head
+    for k, v in winner.state_dict().items():
+        assert torch.equal(v, reid_model.backbone.state_dict()[k]), k
+    report = (run / "report.md").read_text()
+    assert "test mAP" in report and "accuracy" not in report and "top-1" not in report
+    assert s["selection"]["same_query_gallery"] and "optimistically biased" in report
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["task"] == "reid" and cfg["size"] == [64, 32] and "final_epochs" not in cfg
+    assert SearchConfig.from_dict(cfg).to_dict() == cfg
+
+
+def test_candidate_errors_are_one_minus_the_recomputed_map(run: Path, tiny: Path) -> None:
+    from pruneopt.evaluate import make_evaluator
+    from pruneopt.evaluate_reid import ReidSettings
+
+    rows = candidates(run)
+    assert len(rows) == 8 and all(0.0 <= r["error"] <= 1.0 for r in rows)
+    row = rows[-1]  # a refined candidate
+    spec = ModelSpec.from_json(row["spec"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        settings = ReidSettings(parent_dir=str(run / "parent"), data=str(tiny), steps=2, size=(64, 32), batch=(4, 2),
+                                k1=6, k2=2, cluster_eps=0.4, outliers="singleton")
+        assert make_evaluator("reid", settings.to_dict()).evaluate(spec, row["seed"]).error == row["error"]
+        m_ap = finetune_and_score(thin(load_subnet(run / "parent"), spec), tiny, 2, row["seed"], size=(64, 32), **FT)
+    finally:
+        torch.set_num_threads(before)
+    assert row["error"] == 1.0 - m_ap
+
+
+def test_the_winners_final_is_finetune_and_score_with_the_final_budget(run: Path, tiny: Path) -> None:
+    s = summary(run)
+    spec = ModelSpec.from_dict(s["finals"]["winner"]["spec"])
+    m_ap = finetune_and_score(thin(load_subnet(run / "parent"), spec), tiny, 4, _seed(0, "final"), rounds=2,
+                              size=(64, 32), **FT)
+    assert s["finals"]["winner"]["test_map"] == m_ap
+
+
+def test_rerun_resumes_and_a_changed_config_is_refused(run: Path, tiny: Path, parent: Path, capsys) -> None:
+    before = summary(run)
+    r = CliRunner().invoke(cli, search_args(tiny, parent, run))
+    assert r.exit_code == 0, r.output
+    with Store.open(run, None, readonly=True) as s:
+        assert set(s.evaluation_counts().values()) == {1}  # nothing evaluated twice
+    after = summary(run)
+    assert after["finals"] == before["finals"] and after["winner"] == before["winner"]
+    code, err = run_cli(capsys, *search_args(tiny, parent, run, "--final-steps", "6"))
+    assert code == 2 and err.count("\n") == 1 and "different config" in err and "final_steps" in err
+
+
+def test_a_local_process_pool_gives_the_same_candidates(run: Path, tiny: Path, parent: Path, tmp_path: Path) -> None:
+    """Spawned workers import the re-ID evaluator on demand and score every candidate exactly as in-process."""
+    out = tmp_path / "pool"
+    r = CliRunner().invoke(cli, [*search_args(tiny, parent, out), "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    key = ("space", "regime", "idx", "seed", "spec_hash", "error")
+    assert [[c[k] for k in key] for c in candidates(out)] == [[c[k] for k in key] for c in candidates(run)]
+    assert len({c["worker"] for c in candidates(out)}) >= 2
+    assert summary(out)["finals"] == summary(run)["finals"]
+
+
+def test_val_data_scores_the_candidates_and_the_finals_use_data(tiny: Path, parent: Path, tmp_path: Path) -> None:
+    val = tmp_path / "val"
+    generate(SynthConfig(ids=12, cams=3, seed=7, imgs_per_id=(3, 4), size=(64, 32), distractors=2), val)
+    out = tmp_path / "run"
+    before = torch.get_num_threads()
+    r = CliRunner().invoke(cli, [*search_args(tiny, parent, out, "--val-data", str(val)), "--size", "32x16"])
+    assert r.exit_code == 0, r.output
+    assert "optimistically" not in r.output
+    s = summary(out)
+    assert s["selection"] == {"candidates_scored_on": str(val.resolve()), "finals_scored_on": str(tiny.resolve()),
+                              "same_query_gallery": False, "note": s["selection"]["note"]}
+    assert "optimistically" not in (out / "report.md").read_text()
+    row = candidates(out)[0]
+    torch.set_num_threads(1)
+    try:
+        m_ap = finetune_and_score(thin(load_subnet(out / "parent"), ModelSpec.from_json(row["spec"])), val, 2,
+                                  row["seed"], size=(32, 16), **FT)
+    finally:
+        torch.set_num_threads(before)
+    assert row["error"] == 1.0 - m_ap
+    assert s["parent"]["val_map"] != s["parent"]["test_map"]  # scored on two different query/gallery splits
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    return info.value.code, capsys.readouterr().err
+
+
+def test_missing_parent_is_one_line(capsys, tiny: Path, tmp_path: Path) -> None:
+    code, err = run_cli(capsys, "search", "--task", "reid", "--data", str(tiny), "--out", str(tmp_path / "r"))
+    assert code == 2 and err.count("\n") == 1 and err.startswith("pruneopt: error: ")
+    assert "needs --parent" in err and "bench/tmp_train.py pretrain" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--task", "reid", "--data", "{empty}"], "no re-ID dataset found"),
+    (["--task", "reid", "--data", "{missing}"], "not a folder"),
+    (["--task", "reid"], "needs --data DIR"),
+    (["--task", "reid", "--data", "fashion-mnist"], "needs --data DIR"),
+    (["--task", "reid", "--data", "{tiny}", "--val-data", "{empty}"], "--val-data .*no re-ID dataset found"),
+    (["--task", "reid", "--data", "{tiny}", "--size", "64"], "--size must look like HxW"),
+    (["--task", "reid", "--data", "{tiny}", "--reid-batch", "1x4"], "--reid-batch needs P >= 2"),
+    (["--task", "reid", "--data", "{tiny}", "--val-size", "100"], "--val-size applies to --task classification"),
+    (["--task", "reid", "--data", "{tiny}", "--arch", "resnet56"], "pass --arch resnet20"),
+    (["--data", "{tiny}"], "fashion-mnist only"),
+    (["--val-data", "{tiny}"], "--val-data applies to --task reid only"),
+    (["--final-steps", "9"], "--final-steps applies to --task reid only"),
+])
+def test_bad_reid_input_is_one_line_and_exit_2(capsys, tiny: Path, parent: Path, tmp_path: Path, argv, match) -> None:
+    (tmp_path / "empty").mkdir()
+    paths = {"empty": tmp_path / "empty", "missing": tmp_path / "missing", "tiny": tiny}
+    argv = [a.format(**paths) for a in argv]
+    if "--task" in argv:
+        argv += ["--parent", str(parent)]
+    code, err = run_cli(capsys, "search", *argv, "--out", str(tmp_path / "r"), "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("pruneopt: error: "), err
+    assert re.search(match, err), err
+
+
+def test_help_describes_the_reid_task() -> None:
+    r = CliRunner().invoke(cli, ["search", "--help"])
+    assert r.exit_code == 0
+    for option in ("--task", "--val-data", "--size", "--reid-batch", "--final-steps", "--cluster-eps", "--outliers"):
+        assert option in r.output, option
+    assert "mAP" in r.output
+
+
+def test_config_round_trip_and_classification_configs_unchanged() -> None:
+    reid = SearchConfig.quick(task="reid", data="/d", parent="/p", size=(64, 32))
+    assert reid.finetune_steps == 20 and reid.reid_batch == (8, 4) and reid.finetune_lr == 3.5e-4
+    assert SearchConfig.from_dict(json.loads(json.dumps(reid.to_dict()))) == reid
+    cls = SearchConfig().to_dict()
+    assert cls["finetune_steps"] == 60 and cls["finetune_lr"] == 0.01
+    assert not {"size", "val_data", "reid_batch", "final_steps", "k1"} & set(cls)  # old runs still resume
+
+
+def test_importing_pruneopt_does_not_import_reidserve() -> None:
+    code = ("import sys, pruneopt, pruneopt.search, pruneopt.evaluate, pruneopt.cli; "
+            "bad = [m for m in ('reidserve', 'faiss', 'pruneopt.evaluate_reid') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
