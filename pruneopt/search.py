@@ -379,9 +379,10 @@ def add_population(ctx: Context, space: PruningSpace, name: str, regime: float, 
                               "constraints": [c.to_dict() for c in space.constraints]})
 
 
-def evaluate_all(ctx: Context, settings: dict[str, Any], label: str) -> None:
-    """Evaluate every pending candidate (again, while failed ones have attempts left)."""
-    while tasks := ctx.store.pending():
+def evaluate_all(ctx: Context, settings: dict[str, Any], space: str) -> None:
+    """Evaluate every pending candidate of ``space`` (again, while failed ones have attempts left)."""
+    label = f"{space} space"
+    while tasks := ctx.store.pending(space=space):
         with make_runner(ctx.backend, ctx.cfg.task, settings, ctx.workers, ctx.threads, ctx.address) as runner:
             evaluate_pending(ctx.store, runner, tasks, _Ticker(ctx, label, len(tasks)))
 
@@ -560,12 +561,12 @@ def run_search(cfg: SearchConfig, out: str | Path, *, workers: int = 1, backend:
         space = make_space(cfg, parent_model.spec)
         for r in cfg.regimes:
             add_population(ctx, space, "initial", r, cfg.samples)
-        evaluate_all(ctx, settings, "initial space")
+        evaluate_all(ctx, settings, "initial")
         for r in cfg.regimes:
             a = stage_analysis(ctx, r)
             add_population(ctx, space.with_constraints(RatioConstraint(a["r_star"], a["eps"])), "refined", r,
                            cfg.refined_samples)
-        evaluate_all(ctx, settings, "refined space")
+        evaluate_all(ctx, settings, "refined")
         for r in cfg.regimes:
             stage_compare(ctx, r)
         stage_finals(ctx, parent_dir)

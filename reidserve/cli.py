@@ -75,36 +75,29 @@ def main(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
-class _SizeParam(click.ParamType):
-    name = "HxW"
+class _PairParam(click.ParamType):
+    """A ``(int, int)`` option parsed by ``module:function`` (imported only when the option is used)."""
+
+    def __init__(self, name: str, parser: str) -> None:
+        self.name, self._parser = name, parser
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> tuple[int, int]:
-        from .data.synth import parse_size
+        import importlib
 
         if isinstance(value, tuple):
             return value
+        module, func = self._parser.split(":")
         try:
-            return parse_size(str(value))
+            return getattr(importlib.import_module(module, __package__), func)(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-class _RangeParam(click.ParamType):
-    name = "N|MIN-MAX"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[int, int]:
-        from .data.synth import parse_range
-
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_range(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+_SIZE = _PairParam("HxW", ".data.synth:parse_size")
+_RANGE = _PairParam("N|MIN-MAX", ".data.synth:parse_range")
+_BATCH = _PairParam("PxK", ".train:parse_batch")
 
 
 @main.command()
@@ -122,7 +115,7 @@ class _RangeParam(click.ParamType):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="random seed")
 @click.option(
     "--imgs-per-id",
-    type=_RangeParam(),
+    type=_RANGE,
     default="6-10",
     show_default=True,
     help="images per identity per camera it appears in: N or MIN-MAX",
@@ -134,7 +127,7 @@ class _RangeParam(click.ParamType):
     show_default=True,
     help="each identity is seen by a random subset of MIN-CAMS..CAMS cameras",
 )
-@click.option("--size", type=_SizeParam(), default="128x64", show_default=True, help="image HEIGHTxWIDTH")
+@click.option("--size", type=_SIZE, default="128x64", show_default=True, help="image HEIGHTxWIDTH")
 @click.option(
     "--distractors",
     type=click.IntRange(min=0),
@@ -196,22 +189,6 @@ def synth(
     )
 
 
-class _BatchParam(click.ParamType):
-    name = "PxK"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[int, int]:
-        from .train import parse_batch
-
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_batch(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 _DEVICE = click.Choice(["cpu", "cuda"])
 
 
@@ -224,7 +201,7 @@ _DEVICE = click.Choice(["cpu", "cuda"])
               help="pruned winner folder (spec.json + weights.safetensors) instead of --arch")
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=200, show_default=True, help="steps per epoch (per rank)")
-@click.option("--batch", type=_BatchParam(), default="16x8", show_default=True,
+@click.option("--batch", type=_BATCH, default="16x8", show_default=True,
               help="P pseudo-identities x K images per batch (each image gives two views)")
 @click.option("--loss", type=click.Choice(["tmp", "centroid"]), default="tmp", show_default=True,
               help="tmp: all in-batch positives; centroid: single-positive cluster-centroid InfoNCE")
@@ -239,7 +216,7 @@ _DEVICE = click.Choice(["cpu", "cuda"])
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
 @click.option("--step-size", type=click.IntRange(min=1), default=20, show_default=True, help="epochs per lr step")
 @click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True)
-@click.option("--size", type=_SizeParam(), default="256x128", show_default=True, help="input HEIGHTxWIDTH")
+@click.option("--size", type=_SIZE, default="256x128", show_default=True, help="input HEIGHTxWIDTH")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--k1", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--k2", type=click.IntRange(min=1), default=6, show_default=True)
@@ -291,7 +268,7 @@ _EVAL_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 @click.option("--arch", default=None, help="with --random: evaluate a randomly initialised backbone")
 @click.option("--random", "random_init", is_flag=True, help="random initialisation (the 'before training' figure)")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="seed of the fresh parts")
-@click.option("--size", type=_SizeParam(), default=None, help="input HEIGHTxWIDTH  [default: the model's, or 256x128]")
+@click.option("--size", type=_SIZE, default=None, help="input HEIGHTxWIDTH  [default: the model's, or 256x128]")
 @click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
