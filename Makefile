@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml
 data:
 	@./scripts/install-data.sh
 
-# the main job: a pruning-space search of resnet20 on Fashion-MNIST at half the FLOPs (--quick: a few minutes)
+# the main job: a quick pruning-space search of resnet20 on Fashion-MNIST at half the FLOPs, then the winner
+# exported to ONNX, served, and answering a query (scripts/demo.sh)
 demo: setup
-	$(BIN)/pruneopt search --quick --arch resnet20 --data fashion-mnist --regimes 0.5 --out runs/demo --workers 2
+	BIN=$(BIN) ./scripts/demo.sh runs/demo
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
