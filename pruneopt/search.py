@@ -191,7 +191,7 @@ class SearchConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> SearchConfig:
-        """A few-minute search on 2 cores: small populations, short fine-tunes (classification: a small parent)."""
+        """About 10 minutes on 2 cores: small populations, short fine-tunes (classification: a small parent)."""
         base = _QUICK.get(overrides.get("task", "classification"), {})
         return cls(**{**base, **overrides})
 

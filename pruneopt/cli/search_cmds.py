@@ -88,7 +88,7 @@ def _pair(text: str | None, option: str, what: str) -> tuple[int, int] | None:
 @_tunable_options
 @click.option("--latency", is_flag=True, help="Also measure each candidate's ONNX Runtime CPU latency.")
 @click.option("--quick", is_flag=True,
-              help="Small populations and short fine-tunes (classification: a few minutes on 2 cores).")
+              help="Small populations and short fine-tunes (classification: about 10 minutes on 2 cores).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder (runs/NAME); re-running the same command resumes it.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
