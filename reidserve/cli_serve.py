@@ -76,7 +76,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
 @click.option("--ivf-threshold", type=click.IntRange(min=1), default=20_000, show_default=True)
 @click.option("--nlist", type=click.IntRange(min=0), default=0, help="IVF lists (0: about 4 sqrt(n))")
 @click.option("--nprobe", type=click.IntRange(min=0), default=0, help="IVF lists searched (0: nlist/16, >= 16)")
-@click.option("--faiss-threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--faiss-threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="OpenMP threads of one FAISS call: a micro-batch of searches spreads its queries over them "
+                   "(0: the CPU count, at most 8)")
+@click.option("--search-max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="search requests answered by one index search (micro-batch)")
+@click.option("--search-max-wait-ms", type=click.FloatRange(0, 1000), default=1.0, show_default=True,
+              help="how long the first search of a micro-batch waits for others")
 @click.option("--faiss-gpu", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="put the index on a GPU when FAISS has GPU support")
 @click.option("--snapshot-interval", type=click.FloatRange(min=0), default=60.0, show_default=True,
@@ -102,7 +108,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
               help="write the bound port here once listening (for --port 0)")
 def serve(model_path: Path, data_dir: Path, host: str, port: int, store: str, runtime: str, threads: int | None,
           max_batch: int, max_wait_ms: float, index: str, ivf_threshold: int, nlist: int, nprobe: int,
-          faiss_threads: int, faiss_gpu: str, snapshot_interval: float, auth: str, token_file: Path | None,
+          faiss_threads: int, search_max_batch: int, search_max_wait_ms: float, faiss_gpu: str,
+          snapshot_interval: float, auth: str, token_file: Path | None,
           max_body_mb: float, max_images: int, max_items: int, max_k: int, max_pixels: int,
           accept_model_change: bool, log_level: str, access_log: bool, port_file: Path | None) -> None:
     """Serve a re-ID model: embeddings, a durable gallery and top-k search over HTTP (OpenAPI at /docs).
@@ -119,12 +126,15 @@ def serve(model_path: Path, data_dir: Path, host: str, port: int, store: str, ru
     from .service.embedder import ModelLoadError
     from .service.store import StoreError
 
+    # idle OpenMP threads sleep instead of spinning on the cores the event loop needs (set before FAISS loads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     config = ServiceConfig(
         model=model_path, data_dir=data_dir, store=store, runtime=runtime, threads=threads, max_batch=max_batch,
         max_wait_ms=max_wait_ms, index=index, ivf_threshold=ivf_threshold, nlist=nlist, nprobe=nprobe,
-        faiss_threads=faiss_threads, faiss_gpu=faiss_gpu, snapshot_interval=snapshot_interval, auth=auth,
+        faiss_threads=faiss_threads, search_max_batch=search_max_batch, search_max_wait_ms=search_max_wait_ms,
+        faiss_gpu=faiss_gpu, snapshot_interval=snapshot_interval, auth=auth,
         token_file=token_file, max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_items=max_items,
         max_k=max_k, max_pixels=max_pixels, accept_model_change=accept_model_change,
         milvus_token=os.environ.get("REIDSERVE_MILVUS_TOKEN"))

@@ -18,6 +18,9 @@ endpoint                   auth     what it does
 answered with a 4xx and a ``detail`` message: 401 (token), 404 (unknown id), 413 (body, image pixels), 415 (content
 type), 422 (validation: ids, embeddings, images, limits). Resources (model runner, gallery, batcher) are opened in
 the app's lifespan, or before it by :meth:`ServiceState.open` so that a command line can report errors early.
+
+Searches of concurrent requests are micro-batched into one index search (:mod:`.search_batcher`), except those
+the store answers on the event loop at once (``try_search``: a small gallery, the index lock free).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from .schemas import (
     SearchUpload,
     WriteOut,
 )
+from .search_batcher import SearchBatcher
 from .store import (
     GalleryError,
     GalleryRecord,
@@ -96,14 +100,16 @@ class _Item:
 
 
 class ServiceState:
-    """The resources of one service: model runner, batcher, gallery store, metrics and token checker."""
+    """The resources of one service: model runner, batchers (embedding, search), gallery store, metrics and token
+    checker."""
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self.metrics = ServiceMetrics(config.max_batch)
+        self.metrics = ServiceMetrics(config.max_batch, config.search_max_batch)
         self.model: LoadedModel | None = None
         self.store: GalleryStore | None = None
         self.embedder: Embedder | None = None
+        self.searcher: SearchBatcher | None = None
         self.checker: TokenChecker | None = None
         self.token_note: str | None = None
         self.started = time.time()
@@ -128,7 +134,8 @@ class ServiceState:
                     c.store, c.data_dir, self.model.meta.output_dim, model_id=self.model.model_id,
                     accept_model_change=c.accept_model_change, index=c.index, ivf_threshold=c.ivf_threshold,
                     nlist=c.nlist, nprobe=c.nprobe, snapshot_interval=c.snapshot_interval,
-                    faiss_threads=c.faiss_threads, gpu=c.faiss_gpu, milvus_token=c.milvus_token)
+                    faiss_threads=c.faiss_threads or min(8, os.cpu_count() or 1), gpu=c.faiss_gpu,
+                    milvus_token=c.milvus_token)
             except BaseException:
                 self.model.runner.close()
                 self.model = None
@@ -142,6 +149,9 @@ class ServiceState:
         assert self.model is not None and self.store is not None
         self.embedder = Embedder(self.model, max_wait_ms=self.config.max_wait_ms, metrics=self.metrics)
         await self.embedder.start()
+        self.searcher = SearchBatcher(self.store, max_batch=self.config.search_max_batch,
+                                      max_wait_ms=self.config.search_max_wait_ms, metrics=self.metrics)
+        await self.searcher.start()
         self.metrics.watch_gallery(self.store.count)
         self.ready = True
         log.info("ready: %s on %s (%s), gallery %s with %d items, auth %s", self.model.path.name,
@@ -150,6 +160,9 @@ class ServiceState:
 
     async def stop(self) -> None:
         self.ready = False
+        if self.searcher is not None:
+            await self.searcher.stop()
+            self.searcher = None
         if self.embedder is not None:
             await self.embedder.stop()
             self.embedder = None
@@ -469,10 +482,15 @@ def create_app(config: ServiceConfig | None = None, *, state: ServiceState | Non
         quick = getattr(store, "try_search", None)  # answer cheap searches on the loop, without a thread hop
         hits = quick(q[None], k, flt) if quick is not None else None
         if hits is None:
-            hits = await anyio.to_thread.run_sync(store.search, q[None], k, flt)
+            searcher = state.searcher
+            if searcher is None:
+                raise HTTPException(503, "the service is starting or stopping; retry shortly")
+            found = await searcher.search(q, k, flt)  # micro-batched with concurrent requests
+        else:
+            found = hits[0]
         state.metrics.search.observe(time.perf_counter() - t1)
         return reply(SearchResponse(
-            hits=[HitOut(id=h.id, score=h.score, camera=h.camera, time=h.time, metadata=h.metadata) for h in hits[0]],
+            hits=[HitOut(id=h.id, score=h.score, camera=h.camera, time=h.time, metadata=h.metadata) for h in found],
             k=k, gallery_size=store.count(), took_ms=round((time.perf_counter() - t0) * 1000, 3)))
 
     # -- operations ---------------------------------------------------------------------------------------------
@@ -483,7 +501,9 @@ def create_app(config: ServiceConfig | None = None, *, state: ServiceState | Non
         gallery = await anyio.to_thread.run_sync(store.stats)
         return {"version": VERSION, "pid": os.getpid(), "uptime_s": round(time.time() - state.started, 1),
                 "torch_loaded": "torch" in sys.modules, "auth": cfg.auth, "model": state.model.describe(),
-                "batching": embedder.stats(), "gallery": gallery, "limits": cfg.limits()}
+                "batching": embedder.stats(),
+                "search_batching": state.searcher.stats() if state.searcher is not None else None,
+                "gallery": gallery, "limits": cfg.limits()}
 
     @app.get("/metrics", dependencies=read_auth, tags=["ops"], summary="Prometheus metrics",
              response_class=Response)
@@ -506,6 +526,8 @@ def create_app(config: ServiceConfig | None = None, *, state: ServiceState | Non
             reasons.append("the embedding worker is not running")
         if state.store is None:
             reasons.append("the gallery is not open")
+        if state.searcher is None or not state.searcher.running:
+            reasons.append("the search worker is not running")
         return JSONResponse({"ready": not reasons, "reasons": reasons}, status_code=200 if not reasons else 503)
 
     default_openapi = app.openapi

@@ -28,7 +28,9 @@ class ServiceConfig:
     ivf_threshold: int = 20_000
     nlist: int = 0
     nprobe: int = 0
-    faiss_threads: int = 1
+    faiss_threads: int = 0  # 0: the CPU count, at most 8
+    search_max_batch: int = 64
+    search_max_wait_ms: float = 1.0
     faiss_gpu: str = "auto"
     snapshot_interval: float = 60.0
     auth: str = "mutating"

@@ -6,8 +6,9 @@ without one (chunked) as soon as it grows past the limit: the app's next ``recei
 rest of the body is never read.
 
 :class:`ServiceMetrics` owns a private ``CollectorRegistry`` (two apps in one process do not clash) with request
-counts and latencies by route template, embedding batch sizes and inference time, search time, images embedded,
-authentication failures and the gallery size; :class:`MetricsMiddleware` records every HTTP request.
+counts and latencies by route template, embedding batch sizes and inference time, search time, search batch sizes
+and times, images embedded, authentication failures and the gallery size; :class:`MetricsMiddleware` records every
+HTTP request.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class BodyLimitMiddleware:
 class ServiceMetrics:
     """The service's Prometheus metrics, in a registry of their own."""
 
-    def __init__(self, max_batch: int = 64) -> None:
+    def __init__(self, max_batch: int = 64, search_max_batch: int = 64) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("reidserve_requests_total", "HTTP requests by method, route template and status",
                                 ["method", "route", "status"], registry=r)
@@ -89,8 +90,14 @@ class ServiceMetrics:
                                    buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram("reidserve_embed_queue_seconds", "Time images wait for their micro-batch",
                                     buckets=_LATENCY_BUCKETS, registry=r)
-        self.search = Histogram("reidserve_search_seconds", "Gallery search time (index lookup and filtering)",
-                                buckets=_LATENCY_BUCKETS, registry=r)
+        self.search = Histogram("reidserve_search_seconds", "Gallery search time per request (queueing for its "
+                                "micro-batch, index lookup and filtering)", buckets=_LATENCY_BUCKETS, registry=r)
+        sbuckets = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, search_max_batch})
+        self.search_batch_size = Histogram("reidserve_search_batch_size", "Queries per index search (micro-batch "
+                                           "size)", buckets=[b for b in sbuckets if b <= max(search_max_batch, 1)],
+                                           registry=r)
+        self.search_batch = Histogram("reidserve_search_batch_seconds", "Index search time per micro-batch",
+                                      buckets=_LATENCY_BUCKETS, registry=r)
         self.images = Counter("reidserve_images_embedded_total", "Images embedded", registry=r)
         self.writes = Counter("reidserve_gallery_writes_total", "Gallery items written or deleted", ["op"],
                               registry=r)

@@ -472,7 +472,20 @@ class SqliteFaissStore:
     def search(self, queries: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[list[Hit]]:
         q = check_queries(queries, self.dim, k)
         with self._index_lock:
-            return self._search_locked(q, k, flt)
+            return self._search_locked(q, [int(k)] * len(q), [flt] * len(q))
+
+    def search_batch(self, queries: np.ndarray, ks: Sequence[int],
+                     flts: Sequence[SearchFilter | None]) -> list[list[Hit]]:
+        """Like :meth:`search`, with a ``k`` and a filter per query row, in one FAISS call (a micro-batch of
+        requests): row ``i`` gets exactly what ``search(queries[i], ks[i], flts[i])`` returns."""
+        q = check_queries(queries, self.dim, 1)
+        if len(ks) != len(q) or len(flts) != len(q):
+            raise GalleryError(f"{len(q)} queries need as many k values and filters, got {len(ks)} and {len(flts)}")
+        for k in ks:
+            if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+                raise GalleryError(f"k must be a positive integer, got {k!r}")
+        with self._index_lock:
+            return self._search_locked(q, [int(k) for k in ks], list(flts))
 
     def try_search(self, queries: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[list[Hit]] | None:
         """:meth:`search` if it is cheap right now -- the index lock is free and a query reads at most
@@ -484,25 +497,32 @@ class SqliteFaissStore:
         if not self._index_lock.acquire(blocking=False):
             return None
         try:
-            return self._search_locked(q, k, flt)
+            return self._search_locked(q, [int(k)] * len(q), [flt] * len(q))
         finally:
             self._index_lock.release()
 
-    def _search_locked(self, q: np.ndarray, k: int, flt: SearchFilter | None) -> list[list[Hit]]:
-        flt = None if flt is None or flt.empty else flt
+    def _search_locked(self, q: np.ndarray, ks: list[int], flts: list[SearchFilter | None]) -> list[list[Hit]]:
+        """Top-``ks[i]`` hits of row ``i`` passing ``flts[i]``; one FAISS search for all rows, fetching the most any
+        row needs (a longer fetch leaves the first k passing hits of a row unchanged), then again, 4x wider, for
+        the filtered rows that found fewer than k (until everything was looked at)."""
+        flts = [None if f is None or f.empty else f for f in flts]
         found: list[list[tuple[float, _Entry]]] = [[] for _ in range(len(q))]
         # called with the index lock held
         self._check_open()
         faiss.omp_set_num_threads(self.faiss_threads)
         ntotal = self._index.ntotal
         # with a filter, fetch more than k and widen until k pass (or everything was looked at)
-        fetch = min(ntotal, k if flt is None else max(4 * k, k + 64))
-        while fetch > 0:
-            scores, ids = self._index.search(q, fetch)
-            done = True
-            for qi in range(len(q)):
+        want = [min(ntotal, k if f is None else max(4 * k, k + 64)) for k, f in zip(ks, flts, strict=True)]
+        todo = [i for i in range(len(q)) if want[i] > 0]
+        while todo:
+            fetch = max(want[i] for i in todo)
+            rows = q if len(todo) == len(q) else np.ascontiguousarray(q[todo])
+            scores, ids = self._index.search(rows, fetch)
+            again = []
+            for r, qi in enumerate(todo):
+                k, flt = ks[qi], flts[qi]
                 hits: list[tuple[float, _Entry]] = []
-                for score, fid in zip(scores[qi].tolist(), ids[qi].tolist(), strict=True):
+                for score, fid in zip(scores[r].tolist(), ids[r].tolist(), strict=True):
                     if fid < 0:
                         break
                     e = self._entries.get(fid)
@@ -512,11 +532,10 @@ class SqliteFaissStore:
                     if len(hits) == k:
                         break
                 found[qi] = hits
-                if len(hits) < k and fetch < ntotal and ids[qi][-1] >= 0:
-                    done = False
-            if done:
-                break
-            fetch = min(ntotal, fetch * 4)
+                if len(hits) < k and fetch < ntotal and ids[r][-1] >= 0:
+                    want[qi] = min(ntotal, fetch * 4)
+                    again.append(qi)
+            todo = again
         return [[Hit(e.id, s, e.camera, e.time, load_metadata(e.meta)) for s, e in row] for row in found]
 
     def count(self) -> int:
