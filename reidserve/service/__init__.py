@@ -1,7 +1,8 @@
 """``reidserve serve``: a durable, authenticated re-ID retrieval service (FastAPI + ONNX Runtime/TensorRT + FAISS).
 
 Modules: :mod:`.app` (the HTTP API, ``create_app``), :mod:`.embedder` (model loading, micro-batching),
-:mod:`.preprocess` (safe image decoding, numpy/PIL), :mod:`.store` (the ``GalleryStore`` protocol, ``open_store``),
+:mod:`.search_batcher` (micro-batched gallery searches), :mod:`.preprocess` (safe image decoding, numpy/PIL),
+:mod:`.store` (the ``GalleryStore`` protocol, ``open_store``),
 :mod:`.sqlite_store` and :mod:`.faiss_index` (SQLite WAL + FAISS, snapshots, replay), :mod:`.milvus_store`
 (Milvus / Milvus Lite), :mod:`.auth` (bearer tokens), :mod:`.middleware` (body limit, Prometheus metrics),
 :mod:`.process` (run a server in a subprocess: tests, benchmarks), :mod:`.demo` (fill a gallery for a demo).
