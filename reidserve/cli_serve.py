@@ -71,11 +71,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
               help="images per model run (micro-batch)")
 @click.option("--max-wait-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
               help="how long the first request of a micro-batch waits for others")
-@click.option("--index", type=click.Choice(["flat", "ivf"]), default="ivf", show_default=True,
-              help="flat: exact search; ivf: flat until --ivf-threshold items, then IVF (approximate, faster)")
+@click.option("--index", type=click.Choice(["flat", "ivf", "hnsw"]), default="ivf", show_default=True,
+              help="flat: exact search; ivf: flat until --ivf-threshold items, then IVF (approximate, faster); "
+                   "hnsw: an HNSW graph (approximate, cheaper per query than IVF at higher recall; CPU only, "
+                   "slower to build and to add to)")
 @click.option("--ivf-threshold", type=click.IntRange(min=1), default=20_000, show_default=True)
 @click.option("--nlist", type=click.IntRange(min=0), default=0, help="IVF lists (0: about 4 sqrt(n))")
 @click.option("--nprobe", type=click.IntRange(min=0), default=0, help="IVF lists searched (0: nlist/16, >= 16)")
+@click.option("--hnsw-m", type=click.IntRange(min=0), default=0,
+              help="HNSW graph neighbours per vector (0: 32); more: better recall, more memory, slower build")
+@click.option("--ef-search", type=click.IntRange(min=0), default=0,
+              help="HNSW candidates explored per query (0: 32; at least k); more: better recall, slower search")
 @click.option("--faiss-threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="OpenMP threads of one FAISS call: a micro-batch of searches spreads its queries over them "
                    "(0: the CPU count, at most 8)")
@@ -84,7 +90,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 @click.option("--search-max-wait-ms", type=click.FloatRange(0, 1000), default=1.0, show_default=True,
               help="how long the first search of a micro-batch waits for others")
 @click.option("--faiss-gpu", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="put the index on a GPU when FAISS has GPU support")
+              help="put the index on a GPU when FAISS has GPU support (flat, ivf; hnsw stays on the CPU)")
 @click.option("--snapshot-interval", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="seconds between index snapshots (0: only on shutdown)")
 @click.option("--auth", type=click.Choice(["mutating", "all", "none"]), default="mutating", show_default=True,
@@ -108,7 +114,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
               help="write the bound port here once listening (for --port 0)")
 def serve(model_path: Path, data_dir: Path, host: str, port: int, store: str, runtime: str, threads: int | None,
           max_batch: int, max_wait_ms: float, index: str, ivf_threshold: int, nlist: int, nprobe: int,
-          faiss_threads: int, search_max_batch: int, search_max_wait_ms: float, faiss_gpu: str,
+          hnsw_m: int, ef_search: int, faiss_threads: int, search_max_batch: int, search_max_wait_ms: float,
+          faiss_gpu: str,
           snapshot_interval: float, auth: str, token_file: Path | None,
           max_body_mb: float, max_images: int, max_items: int, max_k: int, max_pixels: int,
           accept_model_change: bool, log_level: str, access_log: bool, port_file: Path | None) -> None:
@@ -133,7 +140,8 @@ def serve(model_path: Path, data_dir: Path, host: str, port: int, store: str, ru
     config = ServiceConfig(
         model=model_path, data_dir=data_dir, store=store, runtime=runtime, threads=threads, max_batch=max_batch,
         max_wait_ms=max_wait_ms, index=index, ivf_threshold=ivf_threshold, nlist=nlist, nprobe=nprobe,
-        faiss_threads=faiss_threads, search_max_batch=search_max_batch, search_max_wait_ms=search_max_wait_ms,
+        hnsw_m=hnsw_m, ef_search=ef_search, faiss_threads=faiss_threads, search_max_batch=search_max_batch,
+        search_max_wait_ms=search_max_wait_ms,
         faiss_gpu=faiss_gpu, snapshot_interval=snapshot_interval, auth=auth,
         token_file=token_file, max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_items=max_items,
         max_k=max_k, max_pixels=max_pixels, accept_model_change=accept_model_change,

@@ -133,7 +133,8 @@ class ServiceState:
                 self.store = open_store(
                     c.store, c.data_dir, self.model.meta.output_dim, model_id=self.model.model_id,
                     accept_model_change=c.accept_model_change, index=c.index, ivf_threshold=c.ivf_threshold,
-                    nlist=c.nlist, nprobe=c.nprobe, snapshot_interval=c.snapshot_interval,
+                    nlist=c.nlist, nprobe=c.nprobe,
+                    hnsw_m=c.hnsw_m, ef_search=c.ef_search, snapshot_interval=c.snapshot_interval,
                     faiss_threads=c.faiss_threads or min(8, os.cpu_count() or 1), gpu=c.faiss_gpu,
                     milvus_token=c.milvus_token)
             except BaseException:

@@ -28,6 +28,8 @@ class ServiceConfig:
     ivf_threshold: int = 20_000
     nlist: int = 0
     nprobe: int = 0
+    hnsw_m: int = 0  # 0: 32
+    ef_search: int = 0  # 0: 32
     faiss_threads: int = 0  # 0: the CPU count, at most 8
     search_max_batch: int = 64
     search_max_wait_ms: float = 1.0

@@ -1,8 +1,16 @@
 """The FAISS side of the SQLite + FAISS gallery: an ID-mapped inner-product index and its snapshot file.
 
 :class:`VectorIndex` wraps ``IndexIDMap2(IndexFlatIP)`` (exact) or an ``IndexIVFFlat`` (approximate, for large
-galleries; IVF indexes store the int64 ids themselves), optionally on a GPU when FAISS was built with GPU
-support. It is *not* thread-safe: FAISS allows no mutation concurrent with a search, so the store holds one lock
+galleries; IVF indexes store the int64 ids themselves) or an ``IndexIDMap2(IndexHNSWFlat)`` (approximate graph
+search, cheaper per query than IVF at higher recall; CPU only), optionally on a GPU when FAISS was built with GPU
+support (flat and IVF).
+
+HNSW graphs cannot remove vectors: a removed id becomes a *tombstone* (its slot in the id map is set to -1, and
+every search passes a selector that skips negative ids, so a removed or replaced vector is never returned);
+:attr:`VectorIndex.ntotal` counts live vectors only, and :meth:`VectorIndex.needs_rebuild` says when tombstones
+exceed ``HNSW_MAX_DEAD`` of the graph (the store then rebuilds it from the live vectors in the background).
+
+It is *not* thread-safe: FAISS allows no mutation concurrent with a search, so the store holds one lock
 around every call.
 
 A snapshot is one file written atomically (temporary file, fsync, rename, fsync of the folder)::
@@ -31,7 +39,13 @@ log = logging.getLogger("reidserve.service")
 
 MAGIC = b"RSIDX\x00\x01\n"
 SNAPSHOT_FORMAT = "reidserve.index/1"
-INDEX_KINDS = ("flat", "ivf")
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+HNSW_M = 32  # graph neighbours per node
+HNSW_EF_CONSTRUCTION = 40
+# recall@10 0.999 at ~0.5 ms per query (efConstruction 40) on 100,000 x 512 re-ID-like vectors (bench/load.py)
+HNSW_EF_SEARCH = 32
+HNSW_MAX_DEAD = 0.2  # rebuild the graph when tombstones exceed this fraction of it
+_LIVE = faiss.IDSelectorRange(0, 2**62)  # selects the live ids (tombstones have id -1)
 
 
 class SnapshotError(ValueError):
@@ -57,13 +71,16 @@ def default_nprobe(nlist: int) -> int:
 
 
 class VectorIndex:
-    """An ID-mapped inner-product FAISS index (flat or IVF), on the CPU or a GPU."""
+    """An ID-mapped inner-product FAISS index (flat, IVF or HNSW), on the CPU or (flat, IVF) a GPU."""
 
     def __init__(self, dim: int, kind: str = "flat", *, nlist: int = 0, nprobe: int = 0, use_gpu: bool = False,
-                 index: Any = None, trained_n: int = 0) -> None:
+                 index: Any = None, trained_n: int = 0, hnsw_m: int = 0, ef_search: int = 0) -> None:
         if kind not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {kind!r}; choose flat or ivf")
+            raise ValueError(f"unknown index kind {kind!r}; choose flat, ivf or hnsw")
         self.dim, self.kind = dim, kind
+        self.ef_search = int(ef_search or HNSW_EF_SEARCH) if kind == "hnsw" else 0
+        self.dead = 0  # HNSW tombstones
+        self._pos: dict[int, int] | None = None  # HNSW: id -> slot of the live vectors (built on first use)
         self.nlist = nlist if kind == "ivf" else 0
         self.nprobe = nprobe or (default_nprobe(nlist) if kind == "ivf" else 0)
         self.gpu = False
@@ -72,11 +89,24 @@ class VectorIndex:
         if index is None:
             if kind == "ivf":
                 raise ValueError("an IVF index is made by VectorIndex.train_ivf")
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            if kind == "hnsw":
+                hnsw = faiss.IndexHNSWFlat(dim, int(hnsw_m or HNSW_M), faiss.METRIC_INNER_PRODUCT)
+                hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+                index = faiss.IndexIDMap2(hnsw)
+            else:
+                index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self.index = index
+        if kind == "hnsw":
+            self.hnsw_m = int(faiss.downcast_index(index.index).hnsw.nb_neighbors(1))
+            self.dead = int(index.ntotal) - int(np.count_nonzero(self._id_map() >= 0))
+        else:
+            self.hnsw_m = 0
         self._set_nprobe()
         if use_gpu:
-            self._to_gpu()
+            if kind == "hnsw":
+                log.warning("FAISS has no GPU HNSW index; the HNSW index searches on the CPU")
+            else:
+                self._to_gpu()
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -97,6 +127,23 @@ class VectorIndex:
         if use_gpu:
             out._to_gpu()
         return out
+
+    @classmethod
+    def build_hnsw(cls, dim: int, vectors: np.ndarray, ids: np.ndarray, *, hnsw_m: int = 0,
+                   ef_search: int = 0) -> VectorIndex:
+        """An HNSW index holding ``vectors`` (graph built with the calling thread's OpenMP threads)."""
+        out = cls(dim, "hnsw", hnsw_m=hnsw_m, ef_search=ef_search)
+        out.add(ids, vectors)
+        return out
+
+    def _id_map(self) -> np.ndarray:
+        """A writable view of the IndexIDMap2's slot -> id array (valid until the next add)."""
+        n = int(self.index.ntotal)
+        return faiss.rev_swig_ptr(self.index.id_map.data(), n) if n else np.zeros(0, np.int64)
+
+    def needs_rebuild(self) -> bool:
+        """HNSW: whether tombstones exceed ``HNSW_MAX_DEAD`` of the graph."""
+        return self.kind == "hnsw" and self.dead > HNSW_MAX_DEAD * max(int(self.index.ntotal), 1)
 
     def _set_nprobe(self) -> None:
         if self.kind == "ivf":
@@ -120,17 +167,39 @@ class VectorIndex:
     # -- data -----------------------------------------------------------------------------------------------
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        """Vectors held (live ones: HNSW tombstones are not counted)."""
+        return int(self.index.ntotal) - self.dead
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
-                                    np.ascontiguousarray(ids, dtype=np.int64))
+        if not len(ids):
+            return
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if self.kind == "hnsw":
+            self._remove_hnsw(ids)  # an id added again replaces its vector (never two live slots for one id)
+            if np.any(ids < 0):
+                raise ValueError("HNSW ids must be non-negative")
+            start = int(self.index.ntotal)
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            if self._pos is not None:
+                self._pos.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
+            return
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+
+    def _remove_hnsw(self, ids: np.ndarray) -> None:
+        if self._pos is None:
+            self._pos = {int(i): s for s, i in enumerate(self._id_map().tolist()) if i >= 0}
+        slots = [s for s in (self._pos.pop(int(i), None) for i in ids) if s is not None]
+        if slots:
+            self._id_map()[np.asarray(slots, dtype=np.int64)] = -1  # tombstones: skipped by every search
+            self.dead += len(slots)
 
     def remove(self, ids: np.ndarray) -> None:
         if not len(ids):
             return
         sel = np.ascontiguousarray(ids, dtype=np.int64)
+        if self.kind == "hnsw":
+            self._remove_hnsw(sel)
+            return
         try:
             self.index.remove_ids(sel)
         except RuntimeError:
@@ -141,13 +210,30 @@ class VectorIndex:
             self.index = faiss.index_cpu_to_gpu(self._res, 0, cpu)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.kind == "hnsw":
+            # the IndexIDMap2 hands the selector the ids (not the graph slots): tombstones (-1) are skipped
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, int(k)), sel=_LIVE if self.dead else None)
+            return self.index.search(queries, k, params=params)
         return self.index.search(queries, k)
+
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """HNSW: (ids, vectors) of the live slots, read back from the graph's flat storage."""
+        idmap = self._id_map()
+        slots = np.flatnonzero(idmap >= 0)
+        n = int(self.index.ntotal)
+        storage = faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
+        x = faiss.rev_swig_ptr(storage.get_xb(), n * self.dim).reshape(n, self.dim) if n else \
+            np.zeros((0, self.dim), np.float32)
+        return idmap[slots].copy(), x[slots].copy()
 
     def ids(self) -> np.ndarray:
         """The ids held (storage order for flat indexes, list by list for IVF)."""
         cpu = self.cpu_index()
         if self.kind == "flat":
             return faiss.vector_to_array(cpu.id_map).astype(np.int64)
+        if self.kind == "hnsw":
+            ids = faiss.vector_to_array(cpu.id_map).astype(np.int64)
+            return ids[ids >= 0]
         invlists = faiss.extract_index_ivf(cpu).invlists
         parts = [np.zeros(0, np.int64)]
         for lst in range(invlists.nlist):
@@ -161,12 +247,15 @@ class VectorIndex:
         for IVF): a cost estimate."""
         if self.kind == "flat":
             return self.ntotal * self.dim
+        if self.kind == "hnsw":  # about efSearch x M distance computations
+            return self.ef_search * max(self.hnsw_m, 1) * 2 * self.dim
         return int(self.ntotal * self.dim * self.nprobe / max(self.nlist, 1)) + self.nlist * self.dim
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "ntotal": self.ntotal, "nlist": self.nlist or None,
                 "nprobe": self.nprobe or None, "trained_n": self.trained_n or None, "gpu": self.gpu,
-                "exact": self.kind == "flat"}
+                "exact": self.kind == "flat", "hnsw_m": self.hnsw_m or None, "ef_search": self.ef_search or None,
+                "tombstones": self.dead if self.kind == "hnsw" else None}
 
     # -- snapshots ------------------------------------------------------------------------------------------
     def serialize(self) -> np.ndarray:
@@ -174,7 +263,7 @@ class VectorIndex:
         return faiss.serialize_index(self.cpu_index())
 
     @classmethod
-    def read_snapshot(cls, path: Path, *, dim: int, nprobe: int = 0,
+    def read_snapshot(cls, path: Path, *, dim: int, nprobe: int = 0, ef_search: int = 0,
                       use_gpu: bool = False) -> tuple[VectorIndex, dict[str, Any]]:
         """Load a snapshot; raises :class:`SnapshotError` when it is unusable."""
         header, payload = read_snapshot_file(path)
@@ -189,14 +278,15 @@ class VectorIndex:
             index = faiss.deserialize_index(payload)
         except RuntimeError as exc:
             raise SnapshotError(f"{path}: FAISS cannot read the index ({str(exc).splitlines()[0]})") from exc
-        if index.d != dim or int(index.ntotal) != header.get("ntotal"):
-            raise SnapshotError(f"{path}: the index does not match its header")
-        wanted = faiss.IndexIDMap2 if kind == "flat" else faiss.IndexIVFFlat  # read_index returns the concrete class
-        if not isinstance(index, wanted):
+        wanted = faiss.IndexIVFFlat if kind == "ivf" else faiss.IndexIDMap2  # read_index returns the concrete class
+        if not isinstance(index, wanted) or (
+                kind == "hnsw" and not isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWFlat)):
             raise SnapshotError(f"{path}: holds a {type(index).__name__}, not the {kind} index its header names")
         nlist = int(header.get("nlist") or 0)
-        out = cls(dim, kind, nlist=nlist, nprobe=nprobe, index=index,
+        out = cls(dim, kind, nlist=nlist, nprobe=nprobe, index=index, ef_search=ef_search,
                   trained_n=int(header.get("trained_n") or header.get("ntotal") or 0))
+        if index.d != dim or out.ntotal != header.get("ntotal"):
+            raise SnapshotError(f"{path}: the index does not match its header")
         if use_gpu:
             out._to_gpu()
         return out, header

@@ -19,7 +19,10 @@ rows of the store; any difference, or an unreadable snapshot, rebuilds the index
 written atomically every ``snapshot_interval`` seconds when something changed, after an IVF index is trained,
 and on close; tombstones older than the snapshot are then dropped.
 
-**Index kinds.** ``flat``: exact ``IndexIDMap2(IndexFlatIP)``. ``ivf``: flat until the gallery holds
+**Index kinds.** ``hnsw``: an HNSW graph (``--hnsw-m`` neighbours, ``--ef-search``) from the start; deletes and
+replaced vectors are tombstones skipped by every search, and the graph is rebuilt from the store's live vectors
+in the background (like IVF training) once tombstones exceed 20% of it (checked after writes and snapshots).
+``flat``: exact ``IndexIDMap2(IndexFlatIP)``. ``ivf``: flat until the gallery holds
 ``ivf_threshold`` items, then an ``IndexIVFFlat`` (about 4 sqrt(n) lists, ``nprobe`` lists searched, approximate)
 trained in a background thread on the store's vectors at one sequence number and swapped in after replaying the
 writes made meanwhile; trained again the same way when the gallery has grown 4x since. String ids map to FAISS
@@ -141,10 +144,11 @@ class SqliteFaissStore:
 
     def __init__(self, data_dir: str | Path, dim: int, *, model_id: str = "", accept_model_change: bool = False,
                  index: str = "ivf", ivf_threshold: int = 20_000, nlist: int = 0, nprobe: int = 0,
+                 hnsw_m: int = 0, ef_search: int = 0,
                  snapshot_interval: float = 60.0, faiss_threads: int = 1, gpu: str = "auto",
                  on_change: Callable[[], None] | None = None) -> None:
         if index not in INDEX_KINDS:
-            raise StoreError(f"unknown index kind {index!r}; choose flat or ivf")
+            raise StoreError(f"unknown index kind {index!r}; choose flat, ivf or hnsw")
         if gpu not in ("auto", "on", "off"):
             raise StoreError(f"gpu must be auto, on or off, got {gpu!r}")
         if gpu == "on" and not gpu_available():
@@ -158,6 +162,7 @@ class SqliteFaissStore:
         self.index_kind = index
         self.ivf_threshold = max(1, int(ivf_threshold))
         self.nlist, self.nprobe = int(nlist), int(nprobe)
+        self.hnsw_m, self.ef_search = int(hnsw_m), int(ef_search)
         self.snapshot_interval = float(snapshot_interval)
         self.use_gpu = gpu == "on" or (gpu == "auto" and gpu_available())
         self.model_id = model_id
@@ -253,7 +258,7 @@ class SqliteFaissStore:
         if snap.exists():
             try:
                 index, header = VectorIndex.read_snapshot(snap, dim=self.dim, nprobe=self.nprobe,
-                                                          use_gpu=self.use_gpu)
+                                                          ef_search=self.ef_search, use_gpu=self.use_gpu)
                 snap_seq = int(header.get("seq", -1))
                 if header.get("model", "") != self.model_id and self.model_id:
                     raise SnapshotError(f"{snap} was written for another model")
@@ -261,6 +266,10 @@ class SqliteFaissStore:
                     raise SnapshotError(f"{snap} is newer than the store (seq {snap_seq} > {self._seq})")
                 if index.kind == "ivf" and self.index_kind == "flat":
                     raise SnapshotError(f"{snap} holds an IVF index but --index flat was asked for")
+                if (index.kind == "hnsw") != (self.index_kind == "hnsw"):
+                    raise SnapshotError(f"{snap} holds a {index.kind} index, not the {self.index_kind} one asked for")
+                if index.kind == "hnsw" and self.hnsw_m and index.hnsw_m != self.hnsw_m:
+                    raise SnapshotError(f"{snap} holds an HNSW graph with M {index.hnsw_m}, not {self.hnsw_m}")
                 replayed = self._replay(index, snap_seq)
                 self._snapshot_seq = snap_seq
                 self._snapshot_time = snap.stat().st_mtime
@@ -321,6 +330,8 @@ class SqliteFaissStore:
 
     def _build_from_store(self) -> VectorIndex:
         ids, x = self._live_vectors()
+        if self.index_kind == "hnsw":
+            return VectorIndex.build_hnsw(self.dim, x, ids, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
         if self.index_kind == "ivf" and len(ids) >= self.ivf_threshold:
             return VectorIndex.train_ivf(self.dim, x, ids, nlist=self.nlist, nprobe=self.nprobe,
                                          use_gpu=self.use_gpu)
@@ -515,7 +526,13 @@ class SqliteFaissStore:
         want = [min(ntotal, k if f is None else max(4 * k, k + 64)) for k, f in zip(ks, flts, strict=True)]
         todo = [i for i in range(len(q)) if want[i] > 0]
         while todo:
-            fetch = max(want[i] for i in todo)
+            rest: list[int] = []
+            if self._index.kind == "hnsw":  # a graph search depends on k (efSearch >= k): one search per fetch size
+                fetch = min(want[i] for i in todo)
+                rest = [i for i in todo if want[i] != fetch]
+                todo = [i for i in todo if want[i] == fetch]
+            else:
+                fetch = max(want[i] for i in todo)
             rows = q if len(todo) == len(q) else np.ascontiguousarray(q[todo])
             scores, ids = self._index.search(rows, fetch)
             again = []
@@ -535,7 +552,7 @@ class SqliteFaissStore:
                 if len(hits) < k and fetch < ntotal and ids[r][-1] >= 0:
                     want[qi] = min(ntotal, fetch * 4)
                     again.append(qi)
-            todo = again
+            todo = again + rest
         return [[Hit(e.id, s, e.camera, e.time, load_metadata(e.meta)) for s, e in row] for row in found]
 
     def count(self) -> int:
@@ -586,6 +603,7 @@ class SqliteFaissStore:
                 self._db.execute("DELETE FROM items WHERE deleted = 1 AND seq <= ?", (floor,))
         log.info("index snapshot at seq %d: %d vectors, %.1f MB in %.2f s", seq, header["ntotal"], size / 1e6,
                  time.perf_counter() - t0)
+        self._maybe_train()  # HNSW: rebuild the graph when it holds too many tombstones
         return True
 
     def _snapshot_loop(self) -> None:
@@ -599,8 +617,17 @@ class SqliteFaissStore:
 
     def _maybe_train(self) -> None:
         """Start training an IVF index in the background when the gallery reached ``ivf_threshold`` items on a
-        flat index, or grew to 4x the size the current IVF index was trained at (more lists then fit)."""
-        if self.index_kind != "ivf" or self._training or self._closed:
+        flat index, or grew to 4x the size the current IVF index was trained at (more lists then fit); for HNSW,
+        rebuild the graph from the live vectors when tombstones exceed ``HNSW_MAX_DEAD`` of it (checked at
+        snapshot time)."""
+        if self._training or self._closed or self._stop.is_set():
+            return
+        if self.index_kind == "hnsw":
+            if self._index.needs_rebuild():
+                self._training = True
+                threading.Thread(target=self._train, name="reidserve-hnsw-rebuild", daemon=True).start()
+            return
+        if self.index_kind != "ivf":
             return
         n = self.count()
         if self._index.kind == "flat":
@@ -626,8 +653,12 @@ class SqliteFaissStore:
                 db.execute("COMMIT")
             finally:
                 db.close()
-            nlist = self.nlist or choose_nlist(len(ids))
-            new = VectorIndex.train_ivf(self.dim, x, ids, nlist=nlist, nprobe=self.nprobe, use_gpu=self.use_gpu)
+            if self.index_kind == "hnsw":
+                new = VectorIndex.build_hnsw(self.dim, x, ids, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
+            else:
+                nlist = self.nlist or choose_nlist(len(ids))
+                new = VectorIndex.train_ivf(self.dim, x, ids, nlist=nlist, nprobe=self.nprobe,
+                                            use_gpu=self.use_gpu)
             del x
             with self._write_lock:
                 if self._closed:
@@ -636,15 +667,19 @@ class SqliteFaissStore:
                     replayed = self._replay(new, base_seq, db=self._read_db)
                 with self._index_lock:
                     if not self._agrees(new):
-                        raise StoreError("the trained IVF index does not match the store after catching up")
+                        raise StoreError(f"the new {new.kind} index does not match the store after catching up")
                     self._index = new
-            log.info("IVF index trained: %d lists, nprobe %d, %d vectors (+%d replayed) in %.1f s", new.nlist,
-                     new.nprobe, new.ntotal, replayed, time.perf_counter() - t0)
+            if new.kind == "hnsw":
+                log.info("HNSW graph rebuilt without tombstones: %d vectors (+%d replayed) in %.1f s", new.ntotal,
+                         replayed, time.perf_counter() - t0)
+            else:
+                log.info("IVF index trained: %d lists, nprobe %d, %d vectors (+%d replayed) in %.1f s", new.nlist,
+                         new.nprobe, new.ntotal, replayed, time.perf_counter() - t0)
             self._train_error = None
             self.snapshot()
         except Exception as exc:
             self._train_error = str(exc)
-            log.error("IVF training failed, keeping the current index: %s", exc)
+            log.error("IVF training / HNSW rebuild failed, keeping the current index: %s", exc)
         finally:
             self._train_base = None
             self._training = False

@@ -42,10 +42,11 @@ def _ids(rows: list[list[Hit]]) -> list[list[tuple[str, float]]]:
     return [[(h.id, round(h.score, 5)) for h in row] for row in rows]
 
 
-@pytest.fixture(params=["flat", "ivf"])
+@pytest.fixture(params=["flat", "ivf", "hnsw"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    opts: dict[str, Any] = {"index": "flat"} if request.param == "flat" else \
-        {"index": "ivf", "ivf_threshold": 400, "nlist": 16, "nprobe": 4}
+    opts: dict[str, Any] = {"ivf": {"index": "ivf", "ivf_threshold": 400, "nlist": 16, "nprobe": 4},
+                            "hnsw": {"index": "hnsw", "hnsw_m": 16, "ef_search": 16}}.get(request.param,
+                                                                                      {"index": "flat"})
     with SqliteFaissStore(tmp_path / "g", DIM, snapshot_interval=0, **opts) as s:
         _fill(s, 1200)
         assert s.stats()["index"]["kind"] == request.param

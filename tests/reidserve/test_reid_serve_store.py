@@ -71,7 +71,7 @@ def milvus_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 StoreFactory = Callable[..., GalleryStore]
 
 
-@pytest.fixture(params=["sqlite", "milvus"])
+@pytest.fixture(params=["sqlite", "sqlite-hnsw", "milvus"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     """``make_store(dim=DIM, model_id="m", name="g", **options)``: open (or reopen) a store of this backend."""
     opened: list[GalleryStore] = []
@@ -80,7 +80,9 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
     collection = f"t{next(_counter)}"
 
     def factory(dim: int = DIM, model_id: str = "m", name: str = "g", **options: Any) -> GalleryStore:
-        if kind == "sqlite":
+        if kind.startswith("sqlite"):
+            if kind == "sqlite-hnsw":
+                options.setdefault("index", "hnsw")
             store: GalleryStore = SqliteFaissStore(tmp_path / name, dim, model_id=model_id, **options)
         else:
             from reidserve.service.milvus_store import MilvusStore
@@ -337,3 +339,94 @@ def test_normalize_embedding() -> None:
                      ([[1.0, 2.0]], "has \\[1, 2\\] values"), (["a", "b"], "list of 2 numbers")):
         with pytest.raises(GalleryError, match=msg):
             normalize_embedding(bad, 2)
+
+
+# -- HNSW: tombstones, rebuild, snapshots ---------------------------------------------------------------------------
+def test_hnsw_deletes_and_replacements_never_return_stale_vectors(tmp_path: Path) -> None:
+    x = vectors(300, seed=5)
+    with SqliteFaissStore(tmp_path, DIM, model_id="m", index="hnsw", snapshot_interval=0) as s:
+        s.upsert([GalleryRecord(f"p{i}", x[i]) for i in range(300)])
+        for i in range(0, 40):
+            s.delete(f"p{i}")
+        s.upsert([GalleryRecord(f"p{i}", -x[i]) for i in range(40, 50)])  # replaced: the old vector is gone
+        st = s.stats()
+        assert st["items"] == st["store_rows"] == st["index"]["ntotal"] == 260
+        assert st["index"]["kind"] == "hnsw" and st["index"]["tombstones"] == 50
+        for i in range(50):
+            hits = s.search(x[i], 20)[0]
+            assert all(h.id not in {f"p{j}" for j in range(40)} for h in hits)
+            assert all(not (h.id == f"p{i}" and h.score > 0) for h in hits)  # never the replaced vector
+        assert s.search(-x[45], 1)[0][0].id == "p45"
+        assert len(s.search(x[100], 260)[0]) == 260
+        # filters and k: every hit is live, and hits match exact search on the live vectors
+        live = {f"p{i}": (x[i] if i >= 50 else -x[i]) for i in range(40, 300)}
+        flt = SearchFilter(exclude_ids=frozenset({"p100"}))
+        got = [h.id for h in s.search(x[100], 5, flt)[0]]
+        exact = sorted((k for k in live if k != "p100"), key=lambda k: -float(live[k] @ x[100]))[:5]
+        assert got == exact
+
+
+def test_hnsw_rebuilds_without_tombstones_and_round_trips(tmp_path: Path) -> None:
+    x = vectors(200, seed=6)
+    with SqliteFaissStore(tmp_path, DIM, model_id="m", index="hnsw", hnsw_m=16, ef_search=40,
+                          snapshot_interval=0) as s:
+        s.upsert([GalleryRecord(f"p{i}", x[i]) for i in range(200)])
+        assert s.snapshot()
+        for i in range(60):  # 30% tombstones: the graph is rebuilt from the live vectors in the background
+            s.delete(f"p{i}")
+        assert s.wait_idle()
+        st = s.stats()["index"]
+        # rebuilt once 41 were dead (> 20%); the later deletes are tombstones in the new graph
+        assert st["tombstones"] < 41 and st["ntotal"] == 140 and st["hnsw_m"] == 16 and st["ef_search"] == 40
+        assert s.search(x[0], 1)[0][0].id != "p0" and s.search(x[70], 1)[0][0].id == "p70"
+        s.delete("p61")  # a tombstone kept in the next snapshot
+        dead = s.stats()["index"]["tombstones"]
+        assert 0 < dead <= 20
+        before = [[h.id for h in row] for row in s.search(x[100:110], 5)]
+    header, _ = read_snapshot_file(tmp_path / SNAPSHOT_FILE)
+    assert header["kind"] == "hnsw" and header["ntotal"] == 139
+    with SqliteFaissStore(tmp_path, DIM, model_id="m", index="hnsw", ef_search=40) as s:
+        st = s.stats()
+        assert st["startup"]["rebuilt"] is False and st["startup"]["replayed"] == 0
+        assert st["index"]["tombstones"] == dead and st["items"] == st["index"]["ntotal"] == 139
+        assert [[h.id for h in row] for row in s.search(x[100:110], 5)] == before
+        assert all(h.id != "p61" for h in s.search(x[61], 10)[0])
+    # another kind asked for: the snapshot is not used, the index is rebuilt from the store (and back)
+    with SqliteFaissStore(tmp_path, DIM, model_id="m", index="flat") as s:
+        assert s.stats()["startup"]["rebuilt"] and s.stats()["index"]["kind"] == "flat" and s.count() == 139
+    with SqliteFaissStore(tmp_path, DIM, model_id="m", index="hnsw") as s:
+        assert s.stats()["startup"]["rebuilt"] and s.stats()["index"]["kind"] == "hnsw" and s.count() == 139
+
+
+def test_hnsw_replay_after_crash(tmp_path: Path) -> None:
+    folder = tmp_path / "g"
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        import numpy as np
+        from reidserve.service.sqlite_store import SqliteFaissStore
+        from reidserve.service.store import GalleryRecord
+        x = np.random.default_rng(0).standard_normal((40, {DIM})).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        s = SqliteFaissStore({str(folder)!r}, {DIM}, model_id="m", index="hnsw", snapshot_interval=0)
+        s.upsert([GalleryRecord(f"p{{i}}", x[i]) for i in range(30)])
+        s.delete("p1")                                                     # a tombstone in the snapshot
+        assert s.snapshot()
+        s.upsert([GalleryRecord(f"p{{i}}", x[i]) for i in range(30, 40)])  # after the snapshot
+        s.delete("p3")
+        s.upsert([GalleryRecord("p4", x[39])])
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    header, _ = read_snapshot_file(folder / SNAPSHOT_FILE)
+    assert header["kind"] == "hnsw" and header["ntotal"] == 29
+    x = vectors(40)
+    with SqliteFaissStore(folder, DIM, model_id="m", index="hnsw") as s:
+        st = s.stats()
+        assert not st["startup"]["rebuilt"] and st["startup"]["replayed"] > 0
+        assert st["items"] == st["store_rows"] == st["index"]["ntotal"] == 38
+        assert s.get("p3") is None and s.get("p1") is None
+        assert sorted(h.id for h in s.search(x[39], 2)[0]) == ["p39", "p4"]
+        assert s.search(x[35], 1)[0][0].id == "p35"
+        assert all(h.id not in ("p1", "p3") for h in s.search(x[3], 38)[0])
+        assert s.search(x[4], 1)[0][0].id != "p4"
