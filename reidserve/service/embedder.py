@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from export.metadata import ExportMetadata
+
+from .batching import MicroBatcher
 
 if TYPE_CHECKING:
     from .middleware import ServiceMetrics
@@ -137,37 +138,21 @@ class _Job:
     queued: float
 
 
-class Embedder:
+class Embedder(MicroBatcher[_Job]):
     """Micro-batching front of a :class:`LoadedModel` (see the module docstring). Use from one event loop."""
 
     def __init__(self, model: LoadedModel, *, max_wait_ms: float = 2.0, metrics: ServiceMetrics | None = None) -> None:
+        super().__init__(model.max_batch, max_wait_ms, "infer")
         self.model = model
         self.meta = model.meta
         self.dim = int(model.meta.output_dim)
-        self.max_batch = model.max_batch
-        self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.metrics = metrics
         self.batches = 0
         self.images = 0
         self.failures = 0
-        self._queue: asyncio.Queue[_Job | None] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="reidserve-infer")
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._collect(), name="reidserve-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None and self._queue is not None:
-            await self._queue.put(None)
-            await self._task
-            self._task = None
-        self._executor.shutdown(wait=True)
+        await super().stop()
         self.model.runner.close()
 
     async def embed(self, x: np.ndarray) -> np.ndarray:
@@ -180,7 +165,7 @@ class Embedder:
             parts = [x[i:i + self.max_batch] for i in range(0, len(x), self.max_batch)]
             return np.concatenate(await asyncio.gather(*(self.embed(p) for p in parts)))
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(x, future, time.perf_counter()))
+        await self._put(_Job(x, future, time.perf_counter()))
         return await future
 
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -198,7 +183,6 @@ class Embedder:
 
     async def _collect(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         carry: _Job | None = None
         stopping = False
         while not stopping:
@@ -206,27 +190,7 @@ class Embedder:
             carry = None
             if job is None:
                 break
-            jobs, n = [job], len(job.x)
-            deadline = loop.time() + self.max_wait
-            while n < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        nxt = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                if nxt is None:
-                    stopping = True
-                    break
-                if n + len(nxt.x) > self.max_batch:
-                    carry = nxt
-                    break
-                jobs.append(nxt)
-                n += len(nxt.x)
+            jobs, carry, stopping = await self._gather(job, lambda j: len(j.x))
             jobs = [j for j in jobs if not j.future.done()]  # callers that went away
             if not jobs:
                 continue
@@ -237,7 +201,7 @@ class Embedder:
                 for j in jobs:
                     self.metrics.queue_wait.observe(now - j.queued)
             try:
-                y = await loop.run_in_executor(self._executor, self._run, x)
+                y = await self._in_worker(self._run, x)
             except Exception as exc:
                 self.failures += 1
                 err = exc if isinstance(exc, EmbedError) else EmbedError(f"the model failed: {exc}")
@@ -261,4 +225,4 @@ class Embedder:
     def stats(self) -> dict[str, Any]:
         return {"max_batch": self.max_batch, "max_wait_ms": self.max_wait * 1000.0, "batches": self.batches,
                 "images": self.images, "mean_batch": round(self.images / self.batches, 2) if self.batches else None,
-                "failures": self.failures, "queued": self._queue.qsize() if self._queue is not None else 0}
+                "failures": self.failures, "queued": self.queued}

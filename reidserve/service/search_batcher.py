@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .batching import MicroBatcher
 from .store import GalleryStore, Hit, SearchFilter, StoreError
 
 if TYPE_CHECKING:
@@ -39,45 +39,25 @@ class _Query:
     future: asyncio.Future[list[Hit]]
 
 
-class SearchBatcher:
+class SearchBatcher(MicroBatcher[_Query]):
     """Micro-batching front of a :class:`~.store.GalleryStore`'s search (see the module docstring). Use from one
     event loop."""
 
     def __init__(self, store: GalleryStore, *, max_batch: int = 64, max_wait_ms: float = 1.0,
                  metrics: ServiceMetrics | None = None) -> None:
+        super().__init__(max_batch, max_wait_ms, "search")
         self.store = store
-        self.max_batch = max(1, int(max_batch))
-        self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
         self.metrics = metrics
         self.batches = 0
         self.queries = 0
         self.failures = 0
-        self._queue: asyncio.Queue[_Query | None] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="reidserve-search")
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._collect(), name="reidserve-search-batcher")
-
-    async def stop(self) -> None:
-        """Answer what is queued, then stop (the store stays open: its owner closes it)."""
-        if self._task is not None and self._queue is not None:
-            await self._queue.put(None)
-            await self._task
-            self._task = None
-        self._executor.shutdown(wait=True)
 
     async def search(self, query: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Hit]:
         """The top-``k`` hits of one L2-normalised ``[dim]`` query passing ``flt``."""
         if self._queue is None or not self.running:
             raise StoreError("the search worker is not running")
         future: asyncio.Future[list[Hit]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Query(query, int(k), flt, future))
+        await self._put(_Query(query, int(k), flt, future))
         return await future
 
     # -- the worker thread ------------------------------------------------------------------------------------
@@ -112,35 +92,18 @@ class SearchBatcher:
     # -- the collector task -----------------------------------------------------------------------------------
     async def _collect(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
             job = await self._queue.get()
             if job is None:
                 break
-            jobs = [job]
-            deadline = loop.time() + self.max_wait
-            while len(jobs) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        nxt = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                if nxt is None:
-                    stopping = True
-                    break
-                jobs.append(nxt)
+            jobs, _, stopping = await self._gather(job)  # one query each: nothing is ever carried over
             jobs = [j for j in jobs if not j.future.done()]  # callers that went away
             if not jobs:
                 continue
             t0 = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, self._run, jobs)
+                results = await self._in_worker(self._run, jobs)
             except Exception as exc:  # the executor itself failed (shut down)
                 results = [exc] * len(jobs)
             self.batches += 1
@@ -161,4 +124,4 @@ class SearchBatcher:
         return {"max_batch": self.max_batch, "max_wait_ms": self.max_wait * 1000.0, "batches": self.batches,
                 "queries": self.queries,
                 "mean_batch": round(self.queries / self.batches, 2) if self.batches else None,
-                "failures": self.failures, "queued": self._queue.qsize() if self._queue is not None else 0}
+                "failures": self.failures, "queued": self.queued}
