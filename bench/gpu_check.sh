@@ -34,31 +34,8 @@ cd "$ROOT" || exit 1
 # seconds left of the overall budget
 remaining() { echo $((BUDGET - ($(date +%s) - START))); }
 
-# run_step NAME LIMIT_SECONDS CMD...: runs CMD with a time limit, output to $OUT_DIR/NAME.log.
-run_step() {
-  local name="$1" limit="$2"
-  shift 2
-  local start rc left
-  left=$(($(remaining) - 15))
-  [ "$left" -lt "$limit" ] && limit="$left"
-  if [ "$limit" -lt 20 ]; then
-    echo "=== $name: SKIPPED, the time budget is spent"
-    failures+=("$name")
-    return 1
-  fi
-  start=$(date +%s)
-  echo "=== $name (limit ${limit}s)"
-  timeout --kill-after=10 "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
-  rc=$?
-  if [ "$rc" -eq 0 ]; then
-    echo "    ok in $(($(date +%s) - start)) s"
-  else
-    [ "$rc" -eq 124 ] && echo "    TIMED OUT after ${limit}s" || echo "    FAILED (exit $rc) after $(($(date +%s) - start)) s"
-    tail -n 25 "$OUT_DIR/$name.log" | sed 's/^/    | /'
-    failures+=("$name")
-  fi
-  return "$rc"
-}
+# run_step NAME LIMIT CMD...
+source "$ROOT/bench/gpu_steps.sh"
 
 echo "=== environment"
 {

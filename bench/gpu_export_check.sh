@@ -27,23 +27,8 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 failures=()
 cd "$ROOT" || exit 1
 
-run_step() {
-  local name="$1" limit="$2"
-  shift 2
-  local start rc
-  start=$(date +%s)
-  echo "=== $name (limit ${limit}s)"
-  timeout --kill-after=10 "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
-  rc=$?
-  if [ "$rc" -eq 0 ]; then
-    echo "    ok in $(($(date +%s) - start)) s"
-  else
-    [ "$rc" -eq 124 ] && echo "    TIMED OUT after ${limit}s" || echo "    FAILED (exit $rc) after $(($(date +%s) - start)) s"
-    tail -n 25 "$OUT_DIR/$name.log" | sed 's/^/    | /'
-    failures+=("$name")
-  fi
-  return "$rc"
-}
+# run_step NAME LIMIT CMD...
+source "$ROOT/bench/gpu_steps.sh"
 
 echo "=== environment"
 "$PY" - <<'EOF' 2>&1 | tee "$OUT_DIR/environment.log" | sed 's/^/    /'
