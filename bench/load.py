@@ -4,6 +4,7 @@ same work done in-process (FAISS search on the store, the bare model runner).
     python bench/load.py                       # 100,000 x 512 gallery, 16 clients, resnet18 re-ID embedder
     python bench/load.py --gallery 20000 --search-requests 1000 --embed-images 64   # quicker
     python bench/load.py --skip-embed --index hnsw   # the HNSW index instead of IVF (gallery folder of its own)
+    python bench/load.py --skip-embed --ivf-codec flat   # IVF lists of float32 vectors instead of 8-bit codes
 
 What it does, bounded in requests and time (``--max-seconds`` per phase) and only on 127.0.0.1:
 
@@ -79,7 +80,8 @@ def reid_like(n: int, dim: int, views: int, seed: int, queries: int = 0,
     return views_of(who, rng), who, views_of(qwho, np.random.default_rng(seed + 2))
 
 
-def build_gallery(folder: Path, n: int, dim: int, model_id: str, index: str = "ivf", ef_search: int = 0) -> None:
+def build_gallery(folder: Path, n: int, dim: int, model_id: str, index: str = "ivf", ef_search: int = 0,
+                  codec: str = "sq8", nlist: int = 0) -> None:
     from reidserve.service.sqlite_store import SqliteFaissStore
     from reidserve.service.store import GalleryRecord
 
@@ -87,6 +89,10 @@ def build_gallery(folder: Path, n: int, dim: int, model_id: str, index: str = "i
     want = {"n": n, "dim": dim, "model": model_id, "data": "reid_like/4"}
     if index != "ivf":
         want["index"] = index
+    else:
+        want["codec"] = codec
+        if nlist:
+            want["nlist"] = nlist
     if marker.is_file() and json.loads(marker.read_text()) == want:
         return
     import shutil
@@ -95,7 +101,7 @@ def build_gallery(folder: Path, n: int, dim: int, model_id: str, index: str = "i
     x, who, _ = reid_like(n, dim, 10, seed=0)
     t0 = time.perf_counter()
     with SqliteFaissStore(folder, dim, model_id=model_id, snapshot_interval=0, index=index, ef_search=ef_search,
-                          faiss_threads=os.cpu_count() or 1) as store:
+                          ivf_codec=codec, nlist=nlist, faiss_threads=os.cpu_count() or 1) as store:
         step = 5000
         for s in range(0, n, step):
             store.upsert([GalleryRecord(f"g{i:07d}", x[i], camera=f"c{i % 6}", time=float(i),
@@ -104,11 +110,13 @@ def build_gallery(folder: Path, n: int, dim: int, model_id: str, index: str = "i
         kind = store.stats()["index"]
     marker.write_text(json.dumps(want))
     print(f"  gallery: {n} x {dim} written in {time.perf_counter() - t0:.1f} s, index {kind['kind']} "
-          f"(nlist {kind['nlist']}, nprobe {kind['nprobe']}, hnsw_m {kind['hnsw_m']}, ef_search {kind['ef_search']})")
+          f"(codec {kind['codec']}, nlist {kind['nlist']}, nprobe {kind['nprobe']}, hnsw_m {kind['hnsw_m']}, "
+          f"ef_search {kind['ef_search']})")
 
 
 def in_process_search(folder: Path, dim: int, model_id: str, x: np.ndarray, queries: np.ndarray,
-                      k: int, nprobe: int = 0, index: str = "ivf", ef_search: int = 0) -> list[dict]:
+                      k: int, nprobe: int = 0, index: str = "ivf", ef_search: int = 0,
+                      codec: str = "sq8") -> list[dict]:
     """Single-query searches on the store (its index, its lock), then exact search over the same vectors ``x``
     (gallery item ``g{i:07d}`` is ``x[i]``) for latency and recall@k of the store's index."""
     import faiss
@@ -117,7 +125,7 @@ def in_process_search(folder: Path, dim: int, model_id: str, x: np.ndarray, quer
 
     results = []
     with SqliteFaissStore(folder, dim, model_id=model_id, snapshot_interval=0, nprobe=nprobe, index=index,
-                          ef_search=ef_search) as store:
+                          ef_search=ef_search, ivf_codec=codec) as store:
         st = store.stats()
         index = st["index"]
         print(f"  store opened in {st['startup']['seconds']:.2f} s (rebuilt: {st['startup']['rebuilt']})")
@@ -129,7 +137,7 @@ def in_process_search(folder: Path, dim: int, model_id: str, x: np.ndarray, quer
             hits = store.search(q, k)[0]
             lat.append(time.perf_counter() - t0)
             got_ids.append({h.id for h in hits})
-        label = f"{index['kind']}, nlist {index['nlist']}, nprobe {index['nprobe']}" if index["nlist"] else \
+        label = f"ivf {index['codec']}, nlist {index['nlist']}, nprobe {index['nprobe']}" if index["nlist"] else \
             f"hnsw, M {index['hnsw_m']}, efSearch {index['ef_search']}" if index["kind"] == "hnsw" else "flat"
         results.append(summary(f"in-process search ({label})", lat, sum(lat), 0))
     flat = faiss.IndexFlatIP(dim)
@@ -223,8 +231,12 @@ def main() -> None:
     ap.add_argument("--gallery", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--server-args", default="", help="more reidserve serve options, e.g. '--search-max-wait-ms 0'")
+    ap.add_argument("--faiss-threads", type=int, default=0, help="the server's FAISS threads (0: its default)")
+    ap.add_argument("--nlist", type=int, default=0, help="IVF lists (0: the service's default)")
     ap.add_argument("--nprobe", type=int, default=0, help="IVF lists searched (0: the service's default)")
     ap.add_argument("--index", choices=["ivf", "hnsw"], default="ivf", help="the service's index kind")
+    ap.add_argument("--ivf-codec", choices=["sq8", "flat"], default="sq8", help="how IVF lists store vectors")
     ap.add_argument("--ef-search", type=int, default=0, help="HNSW candidates per query (0: the service's default)")
     ap.add_argument("--search-requests", type=int, default=4000, help="service search requests (bound)")
     ap.add_argument("--inproc-queries", type=int, default=2000)
@@ -249,21 +261,26 @@ def main() -> None:
     dim = meta.output_dim
     print(f"model: {model.name} ({meta.arch}, input {'x'.join(map(str, meta.input_shape))}, {dim}-d), "
           f"ready in {time.perf_counter() - t0:.1f} s")
-    gallery = work / (f"gallery-{args.gallery}" + ("" if args.index == "ivf" else f"-{args.index}"))
+    gallery = work / (f"gallery-{args.gallery}" + (f"-{args.index}" if args.index != "ivf" else
+                                                   "" if args.ivf_codec == "sq8" else f"-{args.ivf_codec}")
+                      + (f"-nlist{args.nlist}" if args.nlist else ""))
     results: dict[str, object] = {"args": {k: str(v) for k, v in vars(args).items()}}
 
     print("\n[1] gallery search")
     t_build = time.perf_counter()
-    build_gallery(gallery, args.gallery, dim, meta.graph_digest, args.index, args.ef_search)
+    build_gallery(gallery, args.gallery, dim, meta.graph_digest, args.index, args.ef_search, args.ivf_codec,
+                  args.nlist)
     results["gallery_build_s"] = round(time.perf_counter() - t_build, 1)
     x, _, queries = reid_like(args.gallery, dim, 10, seed=0, queries=max(args.inproc_queries, 1000))
     results["in_process"] = in_process_search(gallery, dim, meta.graph_digest, x, queries[:args.inproc_queries],
-                                              args.k, args.nprobe, args.index, args.ef_search)
+                                              args.k, args.nprobe, args.index, args.ef_search, args.ivf_codec)
     del x
 
     srv_args = ["--model", str(model), "--data-dir", str(gallery), "--max-batch", str(args.batch),
                 "--threads", str(args.threads), "--snapshot-interval", "0", "--max-wait-ms", "2",
-                "--nprobe", str(args.nprobe), "--index", args.index, "--ef-search", str(args.ef_search)]
+                "--nprobe", str(args.nprobe), "--faiss-threads", str(args.faiss_threads),
+                "--nlist", str(args.nlist), "--index", args.index, "--ef-search", str(args.ef_search),
+                "--ivf-codec", args.ivf_codec, *args.server_args.split()]
     with ServerProcess(srv_args, tokens=[TOKEN], log_path=work / "server.log") as srv:
         port = int(srv.port or 0)
         bodies = [json.dumps({"embedding": q.tolist(), "k": args.k}).encode() for q in queries[:1000]]

@@ -28,6 +28,7 @@ class ServiceConfig:
     ivf_threshold: int = 20_000
     nlist: int = 0
     nprobe: int = 0
+    ivf_codec: str = "sq8"  # how IVF lists store vectors: sq8 or flat
     hnsw_m: int = 0  # 0: 32
     ef_search: int = 0  # 0: 32
     faiss_threads: int = 0  # 0: the CPU count, at most 8

@@ -23,7 +23,9 @@ and on close; tombstones older than the snapshot are then dropped.
 replaced vectors are tombstones skipped by every search, and the graph is rebuilt from the store's live vectors
 in the background (like IVF training) once tombstones exceed 20% of it (checked after writes and snapshots).
 ``flat``: exact ``IndexIDMap2(IndexFlatIP)``. ``ivf``: flat until the gallery holds
-``ivf_threshold`` items, then an ``IndexIVFFlat`` (about 4 sqrt(n) lists, ``nprobe`` lists searched, approximate)
+``ivf_threshold`` items, then an IVF index (about 8 sqrt(n) lists, ``nprobe`` lists searched, approximate; lists
+coded ``ivf_codec``: ``sq8`` 8-bit scalar quantisation, the default, or ``flat`` float32; a snapshot with the
+other codec is rebuilt)
 trained in a background thread on the store's vectors at one sequence number and swapped in after replaying the
 writes made meanwhile; trained again the same way when the gallery has grown 4x since. String ids map to FAISS
 int64 ids through the store's ``fid`` column (``AUTOINCREMENT``: never reused).
@@ -50,6 +52,7 @@ import numpy as np
 
 from .faiss_index import (
     INDEX_KINDS,
+    IVF_CODECS,
     SNAPSHOT_FORMAT,
     SnapshotError,
     VectorIndex,
@@ -144,11 +147,13 @@ class SqliteFaissStore:
 
     def __init__(self, data_dir: str | Path, dim: int, *, model_id: str = "", accept_model_change: bool = False,
                  index: str = "ivf", ivf_threshold: int = 20_000, nlist: int = 0, nprobe: int = 0,
-                 hnsw_m: int = 0, ef_search: int = 0,
+                 hnsw_m: int = 0, ef_search: int = 0, ivf_codec: str = "sq8",
                  snapshot_interval: float = 60.0, faiss_threads: int = 1, gpu: str = "auto",
                  on_change: Callable[[], None] | None = None) -> None:
         if index not in INDEX_KINDS:
             raise StoreError(f"unknown index kind {index!r}; choose flat, ivf or hnsw")
+        if ivf_codec not in IVF_CODECS:
+            raise StoreError(f"unknown IVF codec {ivf_codec!r}; choose {' or '.join(IVF_CODECS)}")
         if gpu not in ("auto", "on", "off"):
             raise StoreError(f"gpu must be auto, on or off, got {gpu!r}")
         if gpu == "on" and not gpu_available():
@@ -163,6 +168,7 @@ class SqliteFaissStore:
         self.ivf_threshold = max(1, int(ivf_threshold))
         self.nlist, self.nprobe = int(nlist), int(nprobe)
         self.hnsw_m, self.ef_search = int(hnsw_m), int(ef_search)
+        self.ivf_codec = ivf_codec
         self.snapshot_interval = float(snapshot_interval)
         self.use_gpu = gpu == "on" or (gpu == "auto" and gpu_available())
         self.model_id = model_id
@@ -268,6 +274,8 @@ class SqliteFaissStore:
                     raise SnapshotError(f"{snap} holds an IVF index but --index flat was asked for")
                 if (index.kind == "hnsw") != (self.index_kind == "hnsw"):
                     raise SnapshotError(f"{snap} holds a {index.kind} index, not the {self.index_kind} one asked for")
+                if index.kind == "ivf" and index.codec != self.ivf_codec:
+                    raise SnapshotError(f"{snap} holds an IVF index with {index.codec} lists, not {self.ivf_codec}")
                 if index.kind == "hnsw" and self.hnsw_m and index.hnsw_m != self.hnsw_m:
                     raise SnapshotError(f"{snap} holds an HNSW graph with M {index.hnsw_m}, not {self.hnsw_m}")
                 replayed = self._replay(index, snap_seq)
@@ -334,7 +342,7 @@ class SqliteFaissStore:
             return VectorIndex.build_hnsw(self.dim, x, ids, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
         if self.index_kind == "ivf" and len(ids) >= self.ivf_threshold:
             return VectorIndex.train_ivf(self.dim, x, ids, nlist=self.nlist, nprobe=self.nprobe,
-                                         use_gpu=self.use_gpu)
+                                         use_gpu=self.use_gpu, codec=self.ivf_codec)
         index = VectorIndex(self.dim, "flat", use_gpu=self.use_gpu)
         index.add(ids, x)
         return index
@@ -617,7 +625,8 @@ class SqliteFaissStore:
 
     def _maybe_train(self) -> None:
         """Start training an IVF index in the background when the gallery reached ``ivf_threshold`` items on a
-        flat index, or grew to 4x the size the current IVF index was trained at (more lists then fit); for HNSW,
+        flat index, or grew to 4x the size the current IVF index was trained at (centroids from a 4x larger sample,
+        and more lists unless ``nlist`` is fixed); for HNSW,
         rebuild the graph from the live vectors when tombstones exceed ``HNSW_MAX_DEAD`` of it (checked at
         snapshot time)."""
         if self._training or self._closed or self._stop.is_set():
@@ -633,7 +642,7 @@ class SqliteFaissStore:
         if self._index.kind == "flat":
             if n < self.ivf_threshold:
                 return
-        elif self.nlist or n < 4 * max(self._index.trained_n, 1) or choose_nlist(n) <= self._index.nlist:
+        elif n < 4 * max(self._index.trained_n, 1):
             return
         self._training = True
         threading.Thread(target=self._train, name="reidserve-ivf-train", daemon=True).start()
@@ -658,7 +667,7 @@ class SqliteFaissStore:
             else:
                 nlist = self.nlist or choose_nlist(len(ids))
                 new = VectorIndex.train_ivf(self.dim, x, ids, nlist=nlist, nprobe=self.nprobe,
-                                            use_gpu=self.use_gpu)
+                                            use_gpu=self.use_gpu, codec=self.ivf_codec)
             del x
             with self._write_lock:
                 if self._closed:

@@ -87,6 +87,7 @@ def test_stats_and_no_torch_in_the_server(http: httpx.Client, server: ServerProc
     assert st["model"]["runtime"] == "ort-cpu" and st["model"]["output_kind"] == "embedding"
     assert st["limits"]["max_k"] == 50 and st["auth"] == "mutating"
     assert st["pid"] == server.proc.pid
+    assert st["gc"]["frozen_objects"] > 10_000  # start-up objects are out of the collector's reach
     maps = Path(f"/proc/{server.proc.pid}/maps")
     if sys.platform.startswith("linux") and maps.exists():  # independent of the server's own word
         assert "libtorch" not in maps.read_text()
@@ -169,6 +170,40 @@ def test_metrics(http: httpx.Client) -> None:
     assert "reidserve_embed_batch_size_count" in text and "reidserve_request_duration_seconds_bucket" in text
     size = next(line for line in text.splitlines() if line.startswith("reidserve_gallery_items "))
     assert float(size.split()[1]) == http.get("/v1/stats").json()["gallery"]["items"]
+
+
+def _search_200s(http: httpx.Client) -> float:
+    key = 'reidserve_requests_total{method="POST",route="/v1/search",status="200"}'
+    line = next((x for x in http.get("/metrics").text.splitlines() if x.startswith(key)), f"{key} 0")
+    return float(line.split()[-1])
+
+
+def test_json_search_fast_path_agrees_with_the_route(http: httpx.Client) -> None:
+    e = embed(http, PNGS[:4])
+    items = [{"id": f"fp{i}", "embedding": e[i].tolist(), "camera": f"c{i % 2}", "metadata": {"i": i}}
+             for i in range(4)]
+    assert http.post("/v1/gallery", json={"items": items}, headers=AUTH).status_code == 200
+    body = json.dumps({"embedding": e[1].tolist(), "k": 3, "filter": {"cameras": ["c1"]}}).encode()
+    before, counted = http.get("/v1/stats").json()["search_fast_path"], _search_200s(http)
+    fast = http.post("/v1/search", content=body, headers={"content-type": "application/json"})
+    # sent chunked (no Content-Length), the same query takes the FastAPI route
+    routed = http.post("/v1/search", content=iter([body[:50], body[50:]]),
+                       headers={"content-type": "application/json"})
+    assert http.get("/v1/stats").json()["search_fast_path"] == {"answered": before["answered"] + 1,
+                                                                "passed": before["passed"] + 1}
+    assert _search_200s(http) == counted + 2  # both labelled with the route template
+    assert fast.status_code == routed.status_code == 200, (fast.text, routed.text)
+    f, r = fast.json(), routed.json()
+    assert f.pop("took_ms") >= 0 and r.pop("took_ms") >= 0
+    assert f == r and f["hits"][0]["id"] == "fp1" and f["hits"][0]["metadata"] == {"i": 1}
+    assert [h["id"] for h in f["hits"]] == ["fp1", "fp3"]
+    # what the fast path cannot answer is the route's answer, word for word
+    bad = http.post("/v1/search", json={"embedding": [1.0] * 3})
+    assert bad.status_code == 422 and "64-dimensional" in bad.json()["detail"]
+    bad = http.post("/v1/search", json={"embedding": [1.0] * 64, "k": 51})
+    assert bad.status_code == 422 and "--max-k" in bad.json()["detail"]
+    assert http.post("/v1/search", json={"embedding": [1.0] * 64, "k": 0}).json()["detail"][0]["loc"] == \
+        ["body", "k"]
 
 
 def test_concurrent_embeds_are_batched(http: httpx.Client) -> None:

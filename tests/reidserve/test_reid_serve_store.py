@@ -316,6 +316,48 @@ def test_ivf_is_retrained_when_the_gallery_grows_4x(tmp_path: Path) -> None:
         assert s.stats()["index"]["trained_n"] == again["trained_n"] and s.count() == 4200
 
 
+def test_ivf_with_a_fixed_nlist_is_retrained_on_a_4x_larger_sample(tmp_path: Path) -> None:
+    x = vectors(4200, seed=4)
+    with SqliteFaissStore(tmp_path, DIM, index="ivf", ivf_threshold=1000, nlist=16) as s:
+        s.upsert([GalleryRecord(f"p{i}", x[i]) for i in range(1000)])
+        assert s.wait_idle() and s.stats()["index"]["trained_n"] == 1000
+        s.upsert([GalleryRecord(f"p{i}", x[i]) for i in range(1000, 4200)])
+        assert s.wait_idle(timeout=120)
+        st = s.stats()["index"]
+        assert st["trained_n"] == 4200 and st["nlist"] == 16 and st["ntotal"] == 4200
+
+
+@pytest.mark.parametrize("codec", ["sq8", "flat"])
+def test_ivf_codecs(tmp_path: Path, codec: str) -> None:
+    """sq8 (the default) and flat IVF lists: scores near (sq8) or equal to (flat) the exact inner products, the
+    codec kept by the snapshot, and a snapshot of the other codec rebuilt."""
+    dim, n = 64, 3000
+    x = vectors(n, seed=5, dim=dim)
+    q = vectors(20, seed=6, dim=dim)
+    kw: dict[str, Any] = {"index": "ivf", "ivf_threshold": 1000, "nprobe": 64}
+    with SqliteFaissStore(tmp_path, dim, ivf_codec=codec, **kw) as s:
+        s.upsert([GalleryRecord(f"p{i}", x[i]) for i in range(n)])
+        assert s.wait_idle(timeout=120)
+        st = s.stats()["index"]
+        assert st["kind"] == "ivf" and st["codec"] == codec and st["nprobe"] >= st["nlist"]  # every list: exact
+        for qi, hits in zip(q, s.search(q, 10), strict=True):
+            exact = np.sort(x @ qi)[::-1][:10]
+            got = np.array([h.score for h in hits])
+            tol = 5e-3 if codec == "sq8" else 1e-5
+            np.testing.assert_allclose(got, [x[int(h.id[1:])] @ qi for h in hits], atol=tol)
+            assert len({h.id for h in hits} & {f"p{i}" for i in np.argsort(-(x @ qi))[:10]}) >= 9
+            assert got[0] == pytest.approx(exact[0], abs=5e-3)
+    with SqliteFaissStore(tmp_path, dim, ivf_codec=codec, **kw) as s:
+        assert not s.stats()["startup"]["rebuilt"] and s.stats()["index"]["codec"] == codec
+    other = "flat" if codec == "sq8" else "sq8"
+    with SqliteFaissStore(tmp_path, dim, ivf_codec=other, **kw) as s:
+        st = s.stats()
+        assert st["startup"]["rebuilt"] and st["index"]["codec"] == other and st["index"]["ntotal"] == n
+    with pytest.raises(StoreError, match="unknown IVF codec 'pq'"):
+        SqliteFaissStore(tmp_path / "x", dim, ivf_codec="pq")
+    assert SqliteFaissStore.__init__.__kwdefaults__["ivf_codec"] == "sq8"
+
+
 def test_one_process_per_data_dir(tmp_path: Path) -> None:
     with SqliteFaissStore(tmp_path, DIM):
         with pytest.raises(StoreError, match="in use by another reidserve process"):
