@@ -20,7 +20,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT_DIR="${OUT:-$ROOT/gpu_check_out}"
 mkdir -p "$OUT_DIR"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"  # the GPU image has python3 only
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PRUNEOPT_CPP_EXT_CACHE="${PRUNEOPT_CPP_EXT_CACHE:-$(mktemp -d)/pruneopt_cpp_ext}"
 export PRUNEOPT_CPP_EXT_VERBOSE=1

@@ -30,7 +30,7 @@ WORKERS="${WORKERS:-8}"
 SIZE="${SIZE:-256x128}"
 EPS="${EPS:-0.6}"
 PRETRAINED="${PRETRAINED:-imagenet}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"  # the GPU image has python3 only
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$RUN"
