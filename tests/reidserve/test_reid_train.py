@@ -361,3 +361,45 @@ def test_too_few_clusters_falls_back_to_singletons_for_the_epoch(
     assert rec is not None and rec["fallback"] == "singleton"
     assert rec["clusters"] == 2 and rec["identities"] == 2 + rec["outliers"]
     assert any("only 2 clusters" in line for line in lines)
+
+
+def test_decoded_images_are_shared_between_runs_of_a_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search worker fine-tunes many candidates on the same data: the second run decodes nothing, a changed
+    file is decoded again, and a zero limit keeps images per run only."""
+    from PIL import Image
+
+    import reidserve.train as tr
+    from reidserve.data import Item
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((20, 10, 3), 40 * i, np.uint8)).save(p)
+        paths.append(p)
+    items = [Item(path=str(p), pid=i, camid=0) for i, p in enumerate(paths)]
+    decoded: list[str] = []
+    real = tr.load_image
+
+    def counting(path: object) -> np.ndarray:
+        decoded.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(tr, "load_image", counting)
+    tr.clear_shared_image_cache()
+    first = tr._Images(items, (8, 4), cache=True)
+    a = [first.get(i) for i in range(3)]
+    assert len(decoded) == 3 and not a[1].flags.writeable  # shared arrays cannot be changed in place
+    again = tr._Images(items, (8, 4), cache=True)
+    assert all(np.array_equal(again.get(i), a[i]) for i in range(3)) and len(decoded) == 3
+    assert tr._Images(items, (16, 8), cache=True).get(0).shape == (16, 8, 3) and len(decoded) == 4  # other size
+    Image.fromarray(np.full((20, 10, 3), 200, np.uint8)).save(paths[2])
+    os.utime(paths[2], ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert int(tr._Images(items, (8, 4), cache=True).get(2)[0, 0, 0]) == 200 and len(decoded) == 5
+    assert len(tr._Images(items, (8, 4), cache=False).get(0).shape) == 3 and len(decoded) == 6  # no cache: decode
+    tr.clear_shared_image_cache()
+    monkeypatch.setenv("REIDSERVE_IMAGE_CACHE_MB", "0")
+    run = tr._Images(items, (8, 4), cache=True)
+    run.get(0)
+    run.get(0)  # still once per run
+    tr._Images(items, (8, 4), cache=True).get(0)
+    assert len(decoded) == 8 and tr._SHARED_IMAGES == {}
