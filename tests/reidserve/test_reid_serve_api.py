@@ -479,3 +479,22 @@ def test_serve_reports_configuration_errors(models: dict[str, Path], server: Ser
     r = run(main, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(tmp_path / "w"), "--port", "0",
                    "--token-file", str(weak)])
     assert r.exit_code == 2 and "too easy to guess" in r.output
+
+
+def test_index_options_reach_the_store(models: dict[str, Path], tmp_path: Path) -> None:
+    import asyncio
+
+    from reidserve.service.app import ServiceState
+    from reidserve.service.config import ServiceConfig
+
+    state = ServiceState(ServiceConfig(model=models["embed.onnx"], data_dir=tmp_path, ivf_codec="flat", nlist=32,
+                                       nprobe=4, tokens=(TOKEN,)))
+    state.open()
+    try:
+        store: Any = state.store
+        assert (store.ivf_codec, store.nlist, store.nprobe) == ("flat", 32, 4)
+    finally:
+        asyncio.run(state.stop())
+    r = CliRunner().invoke(main, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(tmp_path),
+                                  "--ivf-codec", "pq"])
+    assert r.exit_code == 2 and "--ivf-codec" in r.output
