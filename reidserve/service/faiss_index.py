@@ -309,6 +309,9 @@ class VectorIndex:
                 kind == "hnsw" and not isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWFlat)):
             raise SnapshotError(f"{path}: holds a {type(index).__name__}, not the {kind} index its header names")
         nlist = int(header.get("nlist") or 0)
+        if kind == "ivf" and not nprobe and "codec" not in header:
+            # written before the lists became ~8 sqrt(n) (the header had no codec then): keep visiting 1/16 of them
+            nprobe = int(min(nlist, max(16, nlist // 16)))
         out = cls(dim, kind, nlist=nlist, nprobe=nprobe, index=index, ef_search=ef_search,
                   trained_n=int(header.get("trained_n") or header.get("ntotal") or 0))
         if index.d != dim or out.ntotal != header.get("ntotal"):

@@ -599,8 +599,8 @@ class SqliteFaissStore:
             index = self._index
             payload = index.serialize()
             header = {"seq": seq, "model": self.model_id, "dim": self.dim, "kind": index.kind,
-                      "nlist": index.nlist, "ntotal": index.ntotal, "trained_n": index.trained_n,
-                      "format": SNAPSHOT_FORMAT}
+                      "nlist": index.nlist, "codec": index.codec, "ntotal": index.ntotal,
+                      "trained_n": index.trained_n, "format": SNAPSHOT_FORMAT}
         size = write_snapshot_file(self.folder / SNAPSHOT_FILE, header, payload)
         self._snapshot_seq, self._snapshot_time = seq, time.time()
         # tombstones at or below the snapshot are no longer needed to replay -- unless an IVF index is being

@@ -472,3 +472,21 @@ def test_hnsw_replay_after_crash(tmp_path: Path) -> None:
         assert s.search(x[35], 1)[0][0].id == "p35"
         assert all(h.id not in ("p1", "p3") for h in s.search(x[3], 38)[0])
         assert s.search(x[4], 1)[0][0].id != "p4"
+
+
+def test_ivf_snapshot_from_before_the_codec_keeps_its_nprobe(tmp_path: Path) -> None:
+    """A snapshot written before the ~8 sqrt(n) lists rule (no codec in its header) keeps visiting 1/16 of its
+    lists when nprobe is left to the default; a new one visits 1/32."""
+    x = vectors(3000, seed=7, dim=32)
+    kw: dict[str, Any] = {"index": "ivf", "ivf_threshold": 1000, "ivf_codec": "flat", "nlist": 512}
+    with SqliteFaissStore(tmp_path, 32, **kw) as s:
+        s.upsert([GalleryRecord(f"p{i}", x[i]) for i in range(3000)])
+        assert s.wait_idle(timeout=120) and s.stats()["index"]["nprobe"] == 16
+    header, payload = read_snapshot_file(tmp_path / SNAPSHOT_FILE)
+    assert header.pop("codec") == "flat"
+    write_snapshot_file(tmp_path / SNAPSHOT_FILE, header, payload)
+    with SqliteFaissStore(tmp_path, 32, **kw) as s:
+        st = s.stats()
+        assert not st["startup"]["rebuilt"] and st["index"]["nprobe"] == 32 and st["index"]["nlist"] == 512
+    with SqliteFaissStore(tmp_path, 32, nprobe=8, **kw) as s:  # an explicit nprobe wins
+        assert s.stats()["index"]["nprobe"] == 8
