@@ -490,3 +490,30 @@ def test_ivf_snapshot_from_before_the_codec_keeps_its_nprobe(tmp_path: Path) -> 
         assert not st["startup"]["rebuilt"] and st["index"]["nprobe"] == 32 and st["index"]["nlist"] == 512
     with SqliteFaissStore(tmp_path, 32, nprobe=8, **kw) as s:  # an explicit nprobe wins
         assert s.stats()["index"]["nprobe"] == 8
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_a_replaced_index_is_freed_while_the_collector_is_frozen(tmp_path: Path, kind: str) -> None:
+    """The service freezes the garbage collector after start-up (gc.freeze): an index replaced later (IVF
+    retraining, HNSW rebuild) must still be freed, i.e. by reference counting, not left to the collector."""
+    import gc
+    import weakref
+
+    x = vectors(4200, seed=8)
+    with SqliteFaissStore(tmp_path, DIM, index=kind, ivf_threshold=1000, snapshot_interval=0) as s:
+        s.upsert([GalleryRecord(f"p{i}", x[i]) for i in range(1000)])
+        assert s.wait_idle(timeout=120)
+        old = weakref.ref(s._index)
+        gc.collect()
+        gc.freeze()
+        try:
+            if kind == "ivf":
+                s.upsert([GalleryRecord(f"p{i}", x[i]) for i in range(1000, 4200)])  # 4x: retrained
+            else:
+                for i in range(400):
+                    s.delete(f"p{i}")
+                s.snapshot()  # tombstones over 20%: rebuilt
+            assert s.wait_idle(timeout=120)
+            assert old() is None
+        finally:
+            gc.unfreeze()
