@@ -5,6 +5,7 @@ same work done in-process (FAISS search on the store, the bare model runner).
     python bench/load.py --gallery 20000 --search-requests 1000 --embed-images 64   # quicker
     python bench/load.py --skip-embed --index hnsw   # the HNSW index instead of IVF (gallery folder of its own)
     python bench/load.py --skip-embed --ivf-codec flat   # IVF lists of float32 vectors instead of 8-bit codes
+    python bench/load.py --skip-embed --rates 200,400,800   # also latency at fixed request rates (open loop)
 
 What it does, bounded in requests and time (``--max-seconds`` per phase) and only on 127.0.0.1:
 
@@ -14,7 +15,8 @@ What it does, bounded in requests and time (``--max-seconds`` per phase) and onl
    FAISS store (an IVF index above 20,000 items, as the service would build), then times single-query searches
    in-process (IVF, and exact flat search for recall@10 and latency);
 3. starts ``reidserve serve`` on that gallery and a free port, and runs ``--clients`` concurrent clients doing
-   ``POST /v1/search`` with an embedding: throughput, p50 / p99 latency, errors;
+   ``POST /v1/search`` with an embedding: throughput, p50 / p99 latency, errors; with ``--rates``, also open-loop
+   searches at those request rates (Poisson arrivals), the latency counted from each request's scheduled arrival;
 4. times the bare ONNX Runtime runner at batch ``--batch`` (images/s), then ``--clients`` concurrent clients each
    posting one JPEG to ``POST /v1/embed`` (micro-batched by the server up to ``--batch``): images/s and the ratio.
 
@@ -170,6 +172,9 @@ class Conn:
                 f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
         self.writer.write(head + body)
         status_line = await self.reader.readline()
+        if not status_line:  # the server closed an idle keep-alive connection
+            await self.close()
+            raise ConnectionResetError("the server closed the connection")
         status = int(status_line.split()[1])
         length, close = 0, False
         while True:
@@ -225,6 +230,55 @@ async def load(port: int, clients: int, make_body: object, path: str, total: int
     return lat, errors, time.perf_counter() - t0
 
 
+async def load_rate(port: int, rate: float, make_body: object, path: str, total: int, max_seconds: float,
+                    seed: int = 0, ctype: str = "application/json") -> tuple[list[float], int, float]:
+    """Open-loop load: ``total`` requests at Poisson arrivals of ``rate`` per second, whatever the server's speed
+    (as Triton's perf_analyzer --request-rate-range does). A request's latency counts from its scheduled arrival,
+    so time spent waiting for a free client connection is included (no coordinated omission)."""
+    loop = asyncio.get_running_loop()
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=total)
+    idle: list[Conn] = []
+    lat: list[float] = []
+    errors = 0
+    start = loop.time()
+
+    async def one(i: int, due: float) -> None:
+        nonlocal errors
+        reused = bool(idle)
+        conn = idle.pop() if idle else Conn("127.0.0.1", port)
+        try:
+            try:
+                status, _ = await conn.request("POST", path, make_body(i), ctype)  # type: ignore[operator]
+            except ConnectionResetError:
+                if not reused:
+                    raise
+                conn = Conn("127.0.0.1", port)  # an idle connection the server had closed: once more, afresh
+                status, _ = await conn.request("POST", path, make_body(i), ctype)  # type: ignore[operator]
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            errors += 1
+            await conn.close()
+            return
+        lat.append(loop.time() - due)
+        if status != 200:
+            errors += 1
+        idle.append(conn)
+
+    tasks = []
+    due = start
+    for i, gap in enumerate(gaps):
+        due += float(gap)
+        if due - start > max_seconds:
+            break
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        await conn.close()
+    return lat, errors, loop.time() - start
+
+
 # -- main ---------------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
@@ -238,6 +292,8 @@ def main() -> None:
     ap.add_argument("--index", choices=["ivf", "hnsw"], default="ivf", help="the service's index kind")
     ap.add_argument("--ivf-codec", choices=["sq8", "flat"], default="sq8", help="how IVF lists store vectors")
     ap.add_argument("--ef-search", type=int, default=0, help="HNSW candidates per query (0: the service's default)")
+    ap.add_argument("--rates", default="", help="also open-loop search at these request rates per second, e.g. "
+                    "'200,400,800' (Poisson arrivals; latency from the scheduled arrival)")
     ap.add_argument("--search-requests", type=int, default=4000, help="service search requests (bound)")
     ap.add_argument("--inproc-queries", type=int, default=2000)
     ap.add_argument("--embed-images", type=int, default=192, help="images posted to /v1/embed (bound)")
@@ -288,6 +344,12 @@ def main() -> None:
         lat, err, secs = asyncio.run(load(port, args.clients, lambda i: bodies[i % len(bodies)], "/v1/search",
                                           args.search_requests, args.max_seconds))
         results["service_search"] = summary(f"service search ({args.clients} clients, k={args.k})", lat, secs, err)
+        for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
+            n = min(args.search_requests, int(rate * args.max_seconds))
+            lat_r, err_r, secs_r = asyncio.run(load_rate(port, rate, lambda i: bodies[i % len(bodies)], "/v1/search",
+                                                         n, args.max_seconds))
+            results[f"service_search_rate_{rate:g}"] = summary(f"service search (open loop, {rate:g}/s)", lat_r,
+                                                               secs_r, err_r)
 
         if not args.skip_embed:
             print(f"\n[2] embedding, batch {args.batch}, {args.threads} ONNX Runtime threads")

@@ -91,7 +91,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 @click.option("--search-max-batch", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="search requests answered by one index search (micro-batch)")
 @click.option("--search-max-wait-ms", type=click.FloatRange(0, 1000), default=1.0, show_default=True,
-              help="how long the first search of a micro-batch waits for others")
+              help="how long the first search of a micro-batch waits for others (0: no wait: a lone search on "
+                   "an idle server answers in ~2 ms instead of ~4.5, at some throughput under heavy load)")
 @click.option("--faiss-gpu", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="put the index on a GPU when FAISS has GPU support (flat, ivf; hnsw stays on the CPU)")
 @click.option("--snapshot-interval", type=click.FloatRange(min=0), default=60.0, show_default=True,
