@@ -286,7 +286,6 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--server-args", default="", help="more reidserve serve options, e.g. '--search-max-wait-ms 0'")
-    ap.add_argument("--faiss-threads", type=int, default=0, help="the server's FAISS threads (0: its default)")
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists (0: the service's default)")
     ap.add_argument("--nprobe", type=int, default=0, help="IVF lists searched (0: the service's default)")
     ap.add_argument("--index", choices=["ivf", "hnsw"], default="ivf", help="the service's index kind")
@@ -334,9 +333,8 @@ def main() -> None:
 
     srv_args = ["--model", str(model), "--data-dir", str(gallery), "--max-batch", str(args.batch),
                 "--threads", str(args.threads), "--snapshot-interval", "0", "--max-wait-ms", "2",
-                "--nprobe", str(args.nprobe), "--faiss-threads", str(args.faiss_threads),
-                "--nlist", str(args.nlist), "--index", args.index, "--ef-search", str(args.ef_search),
-                "--ivf-codec", args.ivf_codec, *args.server_args.split()]
+                "--nprobe", str(args.nprobe), "--nlist", str(args.nlist), "--index", args.index,
+                "--ef-search", str(args.ef_search), "--ivf-codec", args.ivf_codec, *args.server_args.split()]
     with ServerProcess(srv_args, tokens=[TOKEN], log_path=work / "server.log") as srv:
         port = int(srv.port or 0)
         bodies = [json.dumps({"embedding": q.tolist(), "k": args.k}).encode() for q in queries[:1000]]
