@@ -201,9 +201,9 @@ def _stats(store: SqliteFaissStore) -> dict[str, Any]:
     return store.stats()
 
 
-def test_snapshot_then_replay_after_crash(tmp_path: Path) -> None:
-    """Writes after the last snapshot are replayed from the store when the process died without closing."""
-    folder = tmp_path / "g"
+def _write_then_crash(folder: Path, index: str = "ivf", before_snapshot: str = "") -> None:
+    """In a subprocess: 30 items (then ``before_snapshot``), a snapshot, then 10 more items, ``p3`` deleted and
+    ``p4`` replaced by ``x[39]`` after it, and an exit without ``close()`` (so no final snapshot)."""
     script = textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(REPO)!r})
@@ -212,8 +212,9 @@ def test_snapshot_then_replay_after_crash(tmp_path: Path) -> None:
         from reidserve.service.store import GalleryRecord
         x = np.random.default_rng(0).standard_normal((40, {DIM})).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        s = SqliteFaissStore({str(folder)!r}, {DIM}, model_id="m", snapshot_interval=0)
+        s = SqliteFaissStore({str(folder)!r}, {DIM}, model_id="m", index={index!r}, snapshot_interval=0)
         s.upsert([GalleryRecord(f"p{{i}}", x[i]) for i in range(30)])
+        {before_snapshot}
         assert s.snapshot()
         s.upsert([GalleryRecord(f"p{{i}}", x[i]) for i in range(30, 40)])  # after the snapshot
         s.delete("p3")                                                     # a tombstone after it
@@ -221,6 +222,12 @@ def test_snapshot_then_replay_after_crash(tmp_path: Path) -> None:
         os._exit(0)                                                        # no close(): no final snapshot
     """)
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+def test_snapshot_then_replay_after_crash(tmp_path: Path) -> None:
+    """Writes after the last snapshot are replayed from the store when the process died without closing."""
+    folder = tmp_path / "g"
+    _write_then_crash(folder)
     header, _ = read_snapshot_file(folder / SNAPSHOT_FILE)
     assert header["seq"] == 30 and header["ntotal"] == 30
     x = vectors(40)
@@ -442,24 +449,7 @@ def test_hnsw_rebuilds_without_tombstones_and_round_trips(tmp_path: Path) -> Non
 
 def test_hnsw_replay_after_crash(tmp_path: Path) -> None:
     folder = tmp_path / "g"
-    script = textwrap.dedent(f"""
-        import os, sys
-        sys.path.insert(0, {str(REPO)!r})
-        import numpy as np
-        from reidserve.service.sqlite_store import SqliteFaissStore
-        from reidserve.service.store import GalleryRecord
-        x = np.random.default_rng(0).standard_normal((40, {DIM})).astype(np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        s = SqliteFaissStore({str(folder)!r}, {DIM}, model_id="m", index="hnsw", snapshot_interval=0)
-        s.upsert([GalleryRecord(f"p{{i}}", x[i]) for i in range(30)])
-        s.delete("p1")                                                     # a tombstone in the snapshot
-        assert s.snapshot()
-        s.upsert([GalleryRecord(f"p{{i}}", x[i]) for i in range(30, 40)])  # after the snapshot
-        s.delete("p3")
-        s.upsert([GalleryRecord("p4", x[39])])
-        os._exit(0)
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    _write_then_crash(folder, index="hnsw", before_snapshot='s.delete("p1")  # a tombstone in the snapshot')
     header, _ = read_snapshot_file(folder / SNAPSHOT_FILE)
     assert header["kind"] == "hnsw" and header["ntotal"] == 29
     x = vectors(40)
