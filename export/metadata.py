@@ -11,6 +11,11 @@ as an :class:`ExportMetadata`; ONNX Runtime exposes the same strings as ``sessio
 A SHA-256 *graph digest* over the initializers (name, type, shape, values) and the nodes (op, domain, inputs,
 outputs, attributes) is stored too. :func:`load_onnx` recomputes it, so a file whose weights were flipped or cut
 short, which protobuf may still parse, is refused with a message instead of running with wrong weights.
+
+A file cut short can also lose whole trailing ``metadata_props`` entries and still parse. So the file says it was
+written by pruneopt (``producer_name``, early in the file) and its first pruneopt entries are the format and a
+*manifest* (``pruneopt.keys``: every pruneopt key written). :func:`load_onnx` refuses a pruneopt file that lacks
+any key of its manifest, or (files written before the manifest) any required field, the digest included.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from .errors import ExportError, OnnxFileError
 
 FORMAT = "pruneopt.onnx/1"
 PREFIX = "pruneopt."
+PRODUCER = "pruneopt"
+MANIFEST_KEY = PREFIX + "keys"
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,6 +94,11 @@ class ExportMetadata:
         return out
 
     @classmethod
+    def required_keys(cls) -> frozenset[str]:
+        """The ``pruneopt.*`` keys every pruneopt file has (all fields but the optional verification and extras)."""
+        return frozenset(PREFIX + f for f in cls.__dataclass_fields__ if f not in ("extra", "verification"))
+
+    @classmethod
     def from_props(cls, props: Mapping[str, str], source: str = "model") -> ExportMetadata:
         """Parse ``pruneopt.*`` metadata (an ONNX ``metadata_props`` map or ORT's ``custom_metadata_map``)."""
         mine = {k[len(PREFIX):]: v for k, v in props.items() if k.startswith(PREFIX)}
@@ -99,11 +111,11 @@ class ExportMetadata:
         if fmt != FORMAT:
             raise OnnxFileError(f"{source}: unsupported pruneopt metadata format {fmt!r} (this version reads "
                                 f"{FORMAT!r}); re-export it with this pruneopt version")
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"} | {MANIFEST_KEY[len(PREFIX):]}
         kwargs: dict[str, Any] = {}
         try:
             for key, text in mine.items():
-                if key not in known:
+                if key not in known or PREFIX + key == MANIFEST_KEY:
                     continue
                 ftype = cls.__dataclass_fields__[key].type
                 kwargs[key] = text if ftype in ("str", str) else json.loads(text)
@@ -215,8 +227,9 @@ def load_onnx(path: str | Path, *, check: bool = True, verify_digest: bool = Tru
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise OnnxFileError(f"{p} fails the ONNX checker ({first}); the file is corrupted: export it again") \
                 from exc
+    props = {m.key: m.value for m in model.metadata_props}
+    _check_complete(p, model, props)
     if verify_digest:
-        props = {m.key: m.value for m in model.metadata_props}
         stored = props.get(PREFIX + "graph_digest")
         if stored and stored != graph_digest(model):
             raise OnnxFileError(
@@ -226,12 +239,49 @@ def load_onnx(path: str | Path, *, check: bool = True, verify_digest: bool = Tru
     return model
 
 
+def _check_complete(path: Path, model: onnx.ModelProto, props: Mapping[str, str]) -> None:
+    """Refuse a file written by ``pruneopt export`` whose pruneopt metadata lost entries (cut short or edited).
+
+    Files without any pruneopt key and not produced by pruneopt are plain ONNX models and pass.
+    """
+    mine = {k for k in props if k.startswith(PREFIX)}
+    if not mine and model.producer_name != PRODUCER:
+        return
+    manifest = props.get(MANIFEST_KEY)
+    if manifest is not None:
+        try:
+            expected = set(json.loads(manifest))
+        except (ValueError, TypeError):
+            expected = set()
+        if not expected:
+            raise OnnxFileError(f"{path}: its pruneopt key manifest is malformed; the file is truncated or edited: "
+                                "export it again")
+    elif model.producer_name == PRODUCER:  # written with a manifest, which is gone
+        expected = {MANIFEST_KEY}
+    else:  # written before the manifest: the fields every pruneopt file has
+        expected = set(ExportMetadata.required_keys())
+    missing = sorted(expected - mine)
+    if missing:
+        shown = ", ".join(k[len(PREFIX):] for k in missing[:4]) + (", ..." if len(missing) > 4 else "")
+        entries = "entry is" if len(missing) == 1 else "entries are"
+        raise OnnxFileError(f"{path}: {len(missing)} pruneopt metadata {entries} missing ({shown}); the file is "
+                            "truncated or edited: export it again")
+
+
 def write_metadata(model: onnx.ModelProto, meta: ExportMetadata) -> ExportMetadata:
-    """Store ``meta`` (with a fresh graph digest) in ``model.metadata_props``, replacing older pruneopt keys."""
+    """Store ``meta`` (with a fresh graph digest) in ``model.metadata_props``, replacing older pruneopt keys.
+
+    The format and the key manifest come first, so a file cut short keeps them and is refused (see
+    :func:`load_onnx`); the model's ``producer_name`` says pruneopt wrote it.
+    """
     meta.graph_digest = graph_digest(model)
     keep = [(m.key, m.value) for m in model.metadata_props if not m.key.startswith(PREFIX)]
+    props = meta.to_props()
+    manifest = json.dumps(sorted([*props, MANIFEST_KEY]))
+    first = {PREFIX + "format": props.pop(PREFIX + "format"), MANIFEST_KEY: manifest}
+    model.producer_name, model.producer_version = PRODUCER, meta.pruneopt_version
     del model.metadata_props[:]
-    for key, value in [*keep, *meta.to_props().items()]:
+    for key, value in [*keep, *first.items(), *props.items()]:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return meta

@@ -134,22 +134,97 @@ def test_metadata_errors(tmp_path: Path, r20: Exported) -> None:
     model = load_onnx(r20.path)
     del model.metadata_props[:]  # what a cut at the metadata field boundary leaves
     save_onnx(model, tmp_path / "bare.onnx")
-    with pytest.raises(OnnxFileError, match="no pruneopt metadata.*re-export"):
+    with pytest.raises(OnnxFileError, match="missing.*truncated or edited: export it again"):
         read_metadata(tmp_path / "bare.onnx")
+    model.producer_name = "another-tool"  # an ONNX file from elsewhere
+    save_onnx(model, tmp_path / "foreign.onnx")
+    with pytest.raises(OnnxFileError, match="no pruneopt metadata.*re-export"):
+        read_metadata(tmp_path / "foreign.onnx")
 
 
-@pytest.mark.parametrize("frac", [0.0, 0.05, 0.5, 0.9, 0.999])
-def test_truncated_onnx_gives_a_clear_error(frac: float, r20: Exported, tmp_path: Path) -> None:
-    data = r20.path.read_bytes()
-    cut = tmp_path / "cut.onnx"
-    cut.write_bytes(data[: int(len(data) * frac)])
+def _metadata_boundaries(data: bytes) -> list[int]:
+    """Byte offsets at which the serialised file ends right after its k-th ``metadata_props`` entry (k = 0..n).
+
+    Protobuf writes fields in field-number order and ``metadata_props`` (14) is the last field an export sets, so
+    the file up to the end of entry k is the serialisation of the model with its first k entries."""
+    model = onnx.load_from_string(data)
+    entries = [(m.key, m.value) for m in model.metadata_props]
+    out = []
+    for k in range(len(entries) + 1):
+        del model.metadata_props[:]
+        for key, value in entries[:k]:
+            e = model.metadata_props.add()
+            e.key, e.value = key, value
+        prefix = model.SerializeToString()
+        assert data.startswith(prefix), "metadata_props is not the file's last field"
+        out.append(len(prefix))
+    assert out[-1] == len(data)
+    return out[:-1]  # the whole file is not a cut
+
+
+def _assert_refused(cut: Path) -> None:
     with pytest.raises(OnnxFileError, match="truncated|corrupted|empty") as info:
         load_onnx(cut)
     assert "\n" not in str(info.value)
-    with pytest.raises(OnnxFileError):
+    with pytest.raises(OnnxFileError, match="truncated|corrupted|empty"):
         read_metadata(cut)
+
+
+def test_truncated_onnx_is_refused_at_every_metadata_boundary(r20: Exported, tmp_path: Path) -> None:
+    """A cut between two metadata entries leaves a file protobuf parses: it must still be refused."""
+    data = r20.path.read_bytes()
+    bounds = _metadata_boundaries(data)
+    n_pruneopt = sum(k.startswith("pruneopt.") for k in read_metadata(r20.path).to_props())
+    assert len(bounds) >= n_pruneopt  # one boundary before each entry
+    cut = tmp_path / "cut.onnx"
+    for offset in bounds:
+        cut.write_bytes(data[:offset])
+        _assert_refused(cut)
+    rng = np.random.default_rng(0)
+    for offset in {0, 1, *rng.integers(1, len(data), 40).tolist(), *(b + 1 for b in bounds), len(data) - 1}:
+        cut.write_bytes(data[:offset])
+        _assert_refused(cut)
     with pytest.raises(OnnxFileError):
         make_runner("ort-cpu", cut)
+
+
+def test_a_removed_metadata_entry_is_refused(r20: Exported, tmp_path: Path) -> None:
+    """Editing out any one pruneopt entry (not only a trailing one), or the manifest, is refused."""
+    model = load_onnx(r20.path)
+    keys = [m.key for m in model.metadata_props if m.key.startswith("pruneopt.")]
+    assert "pruneopt.keys" in keys and "pruneopt.graph_digest" in keys
+    for key in keys:
+        edited = onnx.ModelProto()
+        edited.CopyFrom(model)
+        kept = [(m.key, m.value) for m in edited.metadata_props if m.key != key]
+        del edited.metadata_props[:]
+        for k, v in kept:
+            e = edited.metadata_props.add()
+            e.key, e.value = k, v
+        _assert_refused(save_onnx(edited, tmp_path / "edited.onnx"))
+    # a file written before the manifest existed still loads when complete, and is refused without its digest
+    old = onnx.ModelProto()
+    old.CopyFrom(model)
+    kept = [(m.key, m.value) for m in old.metadata_props if m.key != "pruneopt.keys"]
+    del old.metadata_props[:]
+    for k, v in kept:
+        e = old.metadata_props.add()
+        e.key, e.value = k, v
+    old.producer_name = "pytorch"
+    assert read_metadata(save_onnx(old, tmp_path / "old.onnx")) == read_metadata(r20.path)
+    digestless = [(m.key, m.value) for m in old.metadata_props if m.key != "pruneopt.graph_digest"]
+    del old.metadata_props[:]
+    for k, v in digestless:
+        e = old.metadata_props.add()
+        e.key, e.value = k, v
+    with pytest.raises(OnnxFileError, match="graph_digest.*export it again"):
+        load_onnx(save_onnx(old, tmp_path / "old_cut.onnx"))
+    # a plain ONNX model (no pruneopt keys, another producer) loads as before
+    plain = onnx.ModelProto()
+    plain.CopyFrom(model)
+    del plain.metadata_props[:]
+    plain.producer_name = "pytorch"
+    load_onnx(save_onnx(plain, tmp_path / "plain.onnx"))
 
 
 def test_corrupted_weights_are_refused_by_the_digest(r20: Exported, tmp_path: Path) -> None:
