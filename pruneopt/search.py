@@ -489,8 +489,7 @@ def stage_finals(ctx: Context, parent_dir: Path) -> None:
 def _finals_reid(ctx: Context, parent_dir: Path, parent: torch.nn.Module, models: dict[str, ModelSpec]) -> None:
     """Each model: thin, the same resumable TMP fine-tune on ``data`` (``final_steps`` in ``final_rounds`` rounds,
     seeded alike), then ``1 - mAP`` on its query/gallery; the fine-tuned winner backbone goes to ``winner/``."""
-    from reidserve.train import TrainError, finetune_config
-    from reidserve.train import train as reid_train
+    from reidserve.train import TrainError, finetune_config, train_reid
 
     from .evaluate_reid import finetune_kwargs
 
@@ -506,7 +505,7 @@ def _finals_reid(ctx: Context, parent_dir: Path, parent: torch.nn.Module, models
         tcfg = finetune_config(settings.data, cfg.final_steps, _seed(cfg.seed, "final"), backbone=init.resolve(),
                                **finetune_kwargs(settings, torch.get_num_threads()))
         try:  # resumes from fdir/run/checkpoint.pt after an interruption
-            res = reid_train(tcfg, fdir / "run", log=lambda line, name=name: ctx.say(f"final {name}: {line}"))
+            res = train_reid(tcfg, fdir / "run", log=lambda line, name=name: ctx.say(f"final {name}: {line}"))
         except TrainError as exc:
             raise PruneoptError(f"final fine-tune of {name}: {exc}") from None
         val = (res.last or {}).get("val")

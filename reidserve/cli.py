@@ -245,12 +245,12 @@ def train(
     **options: Any,
 ) -> None:
     """Unsupervised TMP training: extract, cluster (Jaccard + DBSCAN), train with all positives, repeat."""
-    from .train import TrainConfig
-    from .train import train as run_training
+    from .train import ReidTrainConfig
+    from .train import train_reid as run_training
 
     if arch is None and backbone is None:
         arch = "resnet18"
-    cfg = TrainConfig(data=data, arch=arch, backbone=backbone, p=batch[0], k=batch[1], size=size, **options)
+    cfg = ReidTrainConfig(data=data, arch=arch, backbone=backbone, p=batch[0], k=batch[1], size=size, **options)
     result = run_training(cfg, out, resume=resume, log=lambda line: click.echo(line))
     last = result.last
     if last is not None and last.get("val"):

@@ -32,6 +32,8 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from .errors import ReidserveError
+
 __all__ = [
     "ClusterConfig",
     "ClusterError",
@@ -48,7 +50,7 @@ __all__ = [
 OUTLIER_MODES = ("drop", "singleton")
 
 
-class ClusterError(ValueError):
+class ClusterError(ReidserveError):
     """Bad clustering input (shape, NaN, parameters)."""
 
 

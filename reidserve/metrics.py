@@ -22,6 +22,8 @@ from typing import Literal
 
 import numpy as np
 
+from .errors import ReidserveError
+
 __all__ = [
     "MetricsError",
     "ReidMetrics",
@@ -36,7 +38,7 @@ Protocol = Literal["market", "cross_camera", "same_camera", "all"]
 PROTOCOLS: tuple[str, ...] = ("market", "cross_camera", "same_camera", "all")
 
 
-class MetricsError(ValueError):
+class MetricsError(ReidserveError):
     """Inputs to an evaluation are inconsistent or leave nothing to evaluate."""
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from pruneopt.models import ModelSpec, build, default_spec
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .errors import ReidserveError
 
 __all__ = [
     "GeM",
@@ -55,7 +56,7 @@ WEIGHTS_FILE = "model.safetensors"
 HEAD_FILE = "reid.json"
 
 
-class ModelError(ValueError):
+class ModelError(ReidserveError):
     """A re-ID model (or backbone) folder that is missing, malformed or does not fit its spec."""
 
 

@@ -53,6 +53,7 @@ from torch import nn
 
 from .cluster import OUTLIER_MODES, ClusterConfig, ClusterResult, cluster_features, singleton_labels
 from .data import Item, PKSampler, ReidDataset, TestTransform, TrainTransform, load_dataset, load_image, resize
+from .errors import ReidserveError
 from .metrics import ReidMetrics, evaluate_features
 from .model import (
     HeadConfig,
@@ -66,7 +67,7 @@ from .model import (
 __all__ = [
     "LOSSES",
     "RUNTIME_FIELDS",
-    "TrainConfig",
+    "ReidTrainConfig",
     "TrainError",
     "TrainResult",
     "compute_loss",
@@ -75,7 +76,7 @@ __all__ = [
     "finetune_and_score",
     "finetune_config",
     "parse_batch",
-    "train",
+    "train_reid",
     "train_transform",
     "update_memory",
 ]
@@ -94,7 +95,7 @@ RUNTIME_FIELDS = frozenset(
 )
 
 
-class TrainError(ValueError):
+class TrainError(ReidserveError):
     """A training run that cannot start or continue; the message says what to change."""
 
 
@@ -110,7 +111,7 @@ def parse_batch(text: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ReidTrainConfig:
     """Everything a training run depends on. Fields in :data:`RUNTIME_FIELDS` may change on resume."""
 
     data: str
@@ -147,7 +148,7 @@ class TrainConfig:
     progress: bool | None = None  # None: when stderr is a terminal
     dist_backend: str | None = None  # None: nccl on CUDA, gloo on CPU
 
-    def validate(self) -> TrainConfig:
+    def validate(self) -> ReidTrainConfig:
         if (self.arch is None) == (self.backbone is None):
             raise TrainError("give exactly one of --arch (a fresh network) or --backbone (a pruned winner folder)")
         checks = [
@@ -264,7 +265,7 @@ class _Dist:
             dist.barrier()
 
 
-def _setup_distributed(cfg: TrainConfig) -> _Dist:
+def _setup_distributed(cfg: ReidTrainConfig) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist(device=torch.device(cfg.device))
@@ -517,7 +518,7 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _load_checkpoint(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+def _load_checkpoint(out: Path, cfg: ReidTrainConfig) -> dict[str, Any] | None:
     path = out / CHECKPOINT_FILE
     if not path.is_file():
         return None
@@ -574,7 +575,7 @@ def _make_progress(enabled: bool) -> Any:
 
 
 def _epoch_batches(
-    labels: np.ndarray, camids: np.ndarray, cfg: TrainConfig, epoch: int, count: int
+    labels: np.ndarray, camids: np.ndarray, cfg: ReidTrainConfig, epoch: int, count: int
 ) -> list[list[tuple[int, int, int]]]:
     """The first ``count`` P x K batches of the epoch's stream, as ``(index, batch, slot)`` keys."""
     try:
@@ -623,7 +624,7 @@ class _Trainer:
 
     def __init__(
         self,
-        cfg: TrainConfig,
+        cfg: ReidTrainConfig,
         dataset: ReidDataset,
         model: ReidModel,
         dist_info: _Dist,
@@ -867,7 +868,7 @@ def _summary_line(rec: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _initial_model(cfg: TrainConfig, backbone_module: nn.Module | None = None) -> ReidModel:
+def _initial_model(cfg: ReidTrainConfig, backbone_module: nn.Module | None = None) -> ReidModel:
     head = HeadConfig(input_size=cfg.size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -880,7 +881,7 @@ def _initial_model(cfg: TrainConfig, backbone_module: nn.Module | None = None) -
 
 
 def _run(
-    cfg: TrainConfig,
+    cfg: ReidTrainConfig,
     out: Path | None,
     *,
     resume: bool,
@@ -945,8 +946,8 @@ def _run(
             dist.destroy_process_group()
 
 
-def train(
-    cfg: TrainConfig,
+def train_reid(
+    cfg: ReidTrainConfig,
     out: str | os.PathLike[str],
     *,
     resume: bool = False,
@@ -976,8 +977,8 @@ def finetune_config(
     device: str = "cpu",
     workers: int = 0,
     backbone: str | os.PathLike[str] | None = None,
-) -> TrainConfig:
-    """The :class:`TrainConfig` of :func:`finetune_and_score`'s fine-tune (``steps`` split over ``rounds``).
+) -> ReidTrainConfig:
+    """The :class:`ReidTrainConfig` of :func:`finetune_and_score`'s fine-tune (``steps`` split over ``rounds``).
 
     With ``backbone`` (a subnetwork folder), :func:`train` into a run folder does the same fine-tune as
     :func:`finetune_and_score` on that network, resumably, and keeps the model; without it the config names
@@ -986,7 +987,7 @@ def finetune_config(
     if steps < rounds or rounds < 1:
         raise TrainError(f"need rounds >= 1 and steps >= rounds, got steps={steps}, rounds={rounds}")
     cl = cluster or ClusterConfig()
-    return TrainConfig(
+    return ReidTrainConfig(
         data=str(data_root),
         arch=None,
         backbone="<module>" if backbone is None else str(backbone),

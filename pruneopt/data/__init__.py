@@ -1,9 +1,8 @@
-"""Datasets for the search: Fashion-MNIST from its standard IDX files (see :mod:`.fashion_mnist`)."""
+"""Datasets for the search: Fashion-MNIST from its standard IDX files (see :mod:`.fashion_mnist`; no torch)."""
 
 from .fashion_mnist import (
     FashionMNIST,
     Split,
-    as_tensors,
     load_fashion_mnist,
     locate,
     read_idx,
@@ -11,5 +10,5 @@ from .fashion_mnist import (
     train_val_split,
 )
 
-__all__ = ["FashionMNIST", "Split", "as_tensors", "load_fashion_mnist", "locate", "read_idx", "search_dirs",
+__all__ = ["FashionMNIST", "Split", "load_fashion_mnist", "locate", "read_idx", "search_dirs",
            "train_val_split"]

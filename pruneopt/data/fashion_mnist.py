@@ -15,6 +15,8 @@ how to get the files.
 
 The validation split is carved from the training set, deterministically and stratified by class
 (:func:`train_val_split`): val scores candidates during a search, test is kept for the final number only.
+
+This module does not import torch: the serving side (``reidserve demo-gallery``) reads the same files with it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DataNotFoundError, PruneoptError
 
@@ -78,10 +79,11 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def locate(data_dir: str | Path | None = None) -> Path | None:
-    """The first searched folder holding all four files, or None."""
+def locate(data_dir: str | Path | None = None, splits: tuple[str, ...] = ("train", "test")) -> Path | None:
+    """The first searched folder holding the files of ``splits`` (default: all four), or None."""
+    stems = [stem for key, (stem, _) in FILES.items() if key.split("_")[0] in splits]
     for folder in search_dirs(data_dir):
-        if all(_find(folder, stem) for stem, _ in FILES.values()):
+        if all(_find(folder, stem) for stem in stems):
             return folder
     return None
 
@@ -161,38 +163,35 @@ class FashionMNIST:
     classes = CLASSES
 
 
+def not_found(data_dir: str | Path | None = None) -> DataNotFoundError:
+    """The error that names every place searched and how to get the files."""
+    places = ", ".join(str(p) for p in search_roots(data_dir))
+    return DataNotFoundError(
+        f"Fashion-MNIST not found; looked in {places} (each also under fashion-mnist/ and FashionMNIST/raw/); "
+        f"{HOW_TO_GET}"
+    )
+
+
+def read_split(folder: Path, split: str) -> Split:
+    """The ``"train"`` or ``"test"`` split found in ``folder`` (see :func:`locate`), checked for consistency."""
+    images, labels = (read_idx(_find(folder, FILES[f"{split}_{kind}"][0]) or folder / FILES[f"{split}_{kind}"][0])
+                      for kind in ("images", "labels"))
+    out = Split(images, labels.astype(np.int64))
+    if out.images.ndim != 3 or len(out.images) != len(out.labels):
+        raise PruneoptError(f"{folder}: {split} images {out.images.shape} and labels {out.labels.shape} do not match")
+    if out.labels.size and (out.labels.min() < 0 or out.labels.max() >= 10):
+        raise PruneoptError(f"{folder}: {split} labels outside 0..9")
+    return out
+
+
 def load_fashion_mnist(data_dir: str | Path | None = None, download_missing: bool = False) -> FashionMNIST:
     """Load the train and test splits; see the module docstring for where the files are looked for."""
     folder = locate(data_dir)
     if folder is None and download_missing:
         folder = download()
     if folder is None:
-        places = ", ".join(str(p) for p in search_roots(data_dir))
-        raise DataNotFoundError(
-            f"Fashion-MNIST not found; looked in {places} (each also under fashion-mnist/ and FashionMNIST/raw/); "
-            f"{HOW_TO_GET}"
-        )
-
-    def read(key: str) -> np.ndarray:
-        path = _find(folder, FILES[key][0])
-        assert path is not None
-        return read_idx(path)
-
-    train = Split(read("train_images"), read("train_labels").astype(np.int64))
-    test = Split(read("test_images"), read("test_labels").astype(np.int64))
-    for name, split in (("train", train), ("test", test)):
-        if split.images.ndim != 3 or len(split.images) != len(split.labels):
-            raise PruneoptError(f"{folder}: {name} images {split.images.shape} and labels {split.labels.shape} "
-                                "do not match")
-        if split.labels.size and (split.labels.min() < 0 or split.labels.max() >= 10):
-            raise PruneoptError(f"{folder}: {name} labels outside 0..9")
-    return FashionMNIST(train, test, folder)
-
-
-def as_tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised float images ``[N, 1, 28, 28]`` and int64 labels, ready for training."""
-    x = torch.from_numpy(split.images).float().div_(255.0).sub_(MEAN).div_(STD).unsqueeze(1)
-    return x, torch.from_numpy(split.labels)
+        raise not_found(data_dir)
+    return FashionMNIST(read_split(folder, "train"), read_split(folder, "test"), folder)
 
 
 def train_val_split(split: Split, val_fraction: float = 1 / 6, seed: int = 0) -> tuple[Split, Split]:

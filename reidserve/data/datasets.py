@@ -37,6 +37,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ReidserveError
+
 __all__ = [
     "DatasetError",
     "Item",
@@ -73,7 +75,7 @@ _FOLDER_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(ReidserveError):
     """A dataset folder is missing, malformed or unusable; the message says what to fix."""
 
 

@@ -22,6 +22,8 @@ import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..errors import ReidserveError
+
 __all__ = ["AUTH_MODES", "AuthError", "MIN_TOKEN_LENGTH", "TokenChecker", "TokenError", "load_tokens",
            "resolve_tokens"]
 
@@ -33,7 +35,7 @@ _TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 HOW_TO_MAKE = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
-class TokenError(ValueError):
+class TokenError(ReidserveError):
     """Tokens that cannot be used (malformed, too short, unreadable file)."""
 
 

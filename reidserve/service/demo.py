@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import gzip
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,57 +18,31 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CLASSES", "DemoDataError", "fill_fashion_mnist", "fill_folder", "read_idx", "read_fashion_mnist_test"]
+from pruneopt.data import fashion_mnist
+from pruneopt.data.fashion_mnist import CLASSES
 
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-_SUBDIRS = ("", "fashion-mnist", "FashionMNIST/raw")
+from ..errors import ReidserveError
+
+__all__ = ["CLASSES", "DemoDataError", "fill_fashion_mnist", "fill_folder", "read_fashion_mnist_test"]
+
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 _MARKET = re.compile(r"^(-?\d+)_c(\d+)")
 
 
-class DemoDataError(ValueError):
+class DemoDataError(ReidserveError):
     """Demo data that cannot be found or read; the message says where it was looked for."""
 
 
-def _roots(data_dir: Path | None) -> list[Path]:
-    roots = [data_dir] if data_dir is not None else []
-    if os.environ.get("PRUNEOPT_DATA"):
-        roots.append(Path(os.environ["PRUNEOPT_DATA"]))
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pruneopt" / "fashion-mnist"
-    roots += [Path("/usr/share/datasets/fashion-mnist"), cache]
-    return [r / s if s else r for r in roots for s in _SUBDIRS]
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzipped or not) as a numpy array (``uint8`` data only, as Fashion-MNIST's)."""
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DemoDataError(f"{path} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    start = 4 + 4 * ndim
-    if len(raw) - start != int(np.prod(dims)):
-        raise DemoDataError(f"{path} is truncated (dims {dims})")
-    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims)
-
-
 def read_fashion_mnist_test(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(images [10000, 28, 28] uint8, labels [10000] uint8)`` of the Fashion-MNIST test set."""
-    looked = _roots(data_dir)
-    for folder in looked:
-        found = {}
-        for key, stem in (("x", "t10k-images-idx3-ubyte"), ("y", "t10k-labels-idx1-ubyte")):
-            for name in (stem + ".gz", stem):
-                if (folder / name).is_file():
-                    found[key] = folder / name
-                    break
-        if len(found) == 2:
-            return read_idx(found["x"]), read_idx(found["y"])
-    raise DemoDataError("the Fashion-MNIST test files (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) "
-                        f"are not in any of: {', '.join(map(str, looked))}; install Debian's dataset-fashion-mnist or "
-                        "pass --fmnist-dir")
+    """``(images [10000, 28, 28] uint8, labels [10000])`` of the Fashion-MNIST test set, from the places
+    :mod:`pruneopt.data.fashion_mnist` looks in (``data_dir`` first)."""
+    folder = fashion_mnist.locate(data_dir, splits=("test",))
+    if folder is None:
+        looked = ", ".join(map(str, fashion_mnist.search_dirs(data_dir)))
+        raise DemoDataError("the Fashion-MNIST test files (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) "
+                            f"are not in any of: {looked}; install Debian's dataset-fashion-mnist or pass --fmnist-dir")
+    test = fashion_mnist.read_split(folder, "test")
+    return test.images, test.labels
 
 
 def _slug(text: str) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 
 from export.metadata import ExportMetadata
 
+from ..errors import ReidserveError
 from .batching import MicroBatcher
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ __all__ = ["EmbedError", "Embedder", "LoadedModel", "ModelLoadError", "load_mode
 RUNTIME_CHOICES = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "trt")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(ReidserveError):
     """The model cannot be served (missing, not exported by pruneopt, unsupported input, runtime missing)."""
 
 

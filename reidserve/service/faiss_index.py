@@ -37,6 +37,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ..errors import ReidserveError
+
 log = logging.getLogger("reidserve.service")
 
 MAGIC = b"RSIDX\x00\x01\n"
@@ -55,7 +57,7 @@ HNSW_MAX_DEAD = 0.2  # rebuild the graph when tombstones exceed this fraction of
 _LIVE = faiss.IDSelectorRange(0, 2**62)  # selects the live ids (tombstones have id -1)
 
 
-class SnapshotError(ValueError):
+class SnapshotError(ReidserveError):
     """A snapshot file that is missing, truncated, corrupted or written for another gallery."""
 
 

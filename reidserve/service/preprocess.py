@@ -25,13 +25,15 @@ from PIL import Image, UnidentifiedImageError
 
 from export.metadata import ExportMetadata
 
+from ..errors import ReidserveError
+
 __all__ = ["ALLOWED_FORMATS", "ImageError", "ImageTooLarge", "decode_base64", "decode_image", "to_batch"]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "PPM")
 _DATA_URL = re.compile(r"^data:[A-Za-z0-9.+/-]*(;[A-Za-z0-9=.+-]*)*;base64,")
 
 
-class ImageError(ValueError):
+class ImageError(ReidserveError):
     """An image the service cannot use; the message says why."""
 
     status = 422

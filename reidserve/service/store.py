@@ -27,6 +27,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from ..errors import ReidserveError
+
 __all__ = [
     "CAMERA_RE",
     "GalleryError",
@@ -55,7 +57,7 @@ MAX_META_STR = 1024
 INT64_MAX = 2**63 - 1
 
 
-class GalleryError(ValueError):
+class GalleryError(ReidserveError):
     """A request the gallery cannot accept (bad id, embedding, metadata); the message says what to change."""
 
 

@@ -411,9 +411,9 @@ def test_grayscale_classifier_and_cli(models: dict[str, Path], tmp_path: Path) -
 
 
 def test_fashion_mnist_not_found_says_where(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from reidserve.service import demo
+    from pruneopt.data import fashion_mnist
 
-    monkeypatch.setattr(demo, "_roots", lambda data_dir: [tmp_path / "a", tmp_path / "b"])
+    monkeypatch.setattr(fashion_mnist, "search_dirs", lambda data_dir: [tmp_path / "a", tmp_path / "b"])
     r = CliRunner().invoke(main, ["demo-gallery", "--url", "http://127.0.0.1:9", "--fashion-mnist"])
     assert r.exit_code == 2 and "t10k-images-idx3-ubyte" in r.output and str(tmp_path / "b") in r.output
 

@@ -25,7 +25,7 @@ from reidserve.cli import main
 from reidserve.data.synth import SynthConfig, generate
 from reidserve.model import load_reid_model
 from reidserve.train import (
-    TrainConfig,
+    ReidTrainConfig,
     TrainError,
     _epoch_batches,
     _TwoViewSet,
@@ -139,7 +139,7 @@ def test_update_memory() -> None:
 def test_epoch_batches_are_deterministic_and_shard_cleanly() -> None:
     labels = np.repeat(np.arange(6), 5)
     camids = np.tile(np.arange(5), 6)
-    cfg = TrainConfig(data="x", p=3, k=2, seed=4)
+    cfg = ReidTrainConfig(data="x", p=3, k=2, seed=4)
     a = _epoch_batches(labels, camids, cfg, epoch=2, count=7)  # more than one pass (6 // 3 = 2 per pass)
     assert a == _epoch_batches(labels, camids, cfg, epoch=2, count=7)
     assert a != _epoch_batches(labels, camids, cfg, epoch=3, count=7)
@@ -353,10 +353,10 @@ def test_too_few_clusters_falls_back_to_singletons_for_the_epoch(
 
     monkeypatch.setattr(train_mod, "cluster_features", two_clusters)
     lines: list[str] = []
-    cfg = TrainConfig(
+    cfg = ReidTrainConfig(
         data=str(tiny), arch="resnet20", epochs=1, iters=1, p=4, k=2, size=(64, 32), threads=1, eval_batch=64
     )
-    result = train_mod.train(cfg, tmp_path / "run", log=lines.append)
+    result = train_mod.train_reid(cfg, tmp_path / "run", log=lines.append)
     rec = result.last
     assert rec is not None and rec["fallback"] == "singleton"
     assert rec["clusters"] == 2 and rec["identities"] == 2 + rec["outliers"]
