@@ -33,6 +33,10 @@ from pathlib import Path
 
 import torch
 
+from pruneopt.common.files import ExclusiveLock
+
+from ._ops import register as register_ops
+
 __all__ = ["BackendState", "CPU_SOURCES", "CSRC_DIR", "CUDA_SOURCES", "HEADERS", "state", "warn_once"]
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
@@ -92,9 +96,7 @@ def state() -> BackendState:
             if _state is None:
                 resolved = _resolve()
                 if resolved.name != "reference":
-                    from . import _ops
-
-                    _ops.register()
+                    register_ops()
                 elif resolved.reason_kind != "disabled":
                     warn_once(
                         "reference",
@@ -218,19 +220,10 @@ def build_key(with_cuda: bool) -> str:
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock on ``path`` (released by the OS if the holder dies)."""
+    """Exclusive inter-process lock on ``path``, waiting for it (released by the OS if the holder dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as handle:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: torch's own build baton still serialises the build
-            yield
-            return
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with ExclusiveLock(path, blocking=True):
+        yield
 
 
 def _jit_build(with_cuda: bool) -> Path:

@@ -1,32 +1,30 @@
-"""Architectures by name: ``get_arch("resnet50").build(spec)``."""
+"""Architectures by name: ``get_arch("resnet50").build(spec)``; the built-in ones are registered here."""
 
 from __future__ import annotations
 
 from ..errors import PruneoptError
+from .catalog import add, lookup, names
 from .graph import Arch
 from .mobilenetv2 import MobileNetV2Arch
 from .resnet import ResNetArch
 
-_ARCHS: dict[str, Arch] = {}
-
 
 def register(arch: Arch) -> Arch:
     """Add an architecture to the registry (its ``name`` must be new)."""
-    if arch.name in _ARCHS:
-        raise ValueError(f"architecture {arch.name!r} is already registered")
-    _ARCHS[arch.name] = arch
+    add(arch)
     return arch
 
 
 def get_arch(name: str) -> Arch:
-    try:
-        return _ARCHS[name.lower()]
-    except KeyError:
-        raise PruneoptError(f"unknown architecture {name!r}; choose one of: {', '.join(list_archs())}") from None
+    """The architecture called ``name`` (case-insensitive); :class:`PruneoptError` naming the choices if unknown."""
+    arch = lookup(name)
+    if not isinstance(arch, Arch):  # pragma: no cover - only register() fills the table
+        raise PruneoptError(f"{name!r} is registered but is not a pruneopt architecture")
+    return arch
 
 
 def list_archs() -> list[str]:
-    return list(_ARCHS)
+    return names()
 
 
 for _depth in (20, 32, 56, 110):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PruneoptError, SpecError
+from .catalog import lookup
 
 SPEC_FORMAT = "pruneopt.spec/1"
 
@@ -39,9 +40,7 @@ class ModelSpec:
     # -- access ---------------------------------------------------------------------------------------
     @property
     def slots(self) -> tuple[str, ...]:
-        from .registry import get_arch
-
-        return get_arch(self.arch).slots
+        return lookup(self.arch).slots
 
     def width_map(self) -> dict[str, int]:
         """``{slot name: width}`` in slot order."""
@@ -64,9 +63,7 @@ class ModelSpec:
 
     # -- validation -----------------------------------------------------------------------------------
     def validate(self) -> ModelSpec:
-        from .registry import get_arch
-
-        arch = get_arch(self.arch)
+        arch = lookup(self.arch)
         if len(self.widths) != len(arch.slots):
             raise SpecError(f"{self.arch}: expected {len(arch.slots)} widths, got {len(self.widths)}")
         bad = [f"{s}={w}" for s, w in zip(arch.slots, self.widths, strict=True) if int(w) < 1]
@@ -102,8 +99,6 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelSpec:
-        from .registry import get_arch
-
         if not isinstance(data, Mapping):
             raise SpecError(f"a spec must be a JSON object, got {type(data).__name__}")
         fmt = data.get("format", SPEC_FORMAT)
@@ -112,7 +107,7 @@ class ModelSpec:
         if "arch" not in data or "widths" not in data:
             raise SpecError("a spec needs the keys 'arch' and 'widths'")
         try:
-            arch = get_arch(str(data["arch"]))
+            arch = lookup(str(data["arch"]))
         except PruneoptError as exc:
             raise SpecError(str(exc)) from None
         widths = data["widths"]
