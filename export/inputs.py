@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pruneopt.preprocess import standardise
+
 from .errors import ExportError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -53,9 +55,7 @@ def random_inputs(n: int, shape: tuple[int, int, int], seed: int = 0) -> np.ndar
 
 def _normalise(x01: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """``[N, C, H, W]`` in [0, 1] -> ``(x - mean) / std`` per channel, float32."""
-    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-    return np.ascontiguousarray(((x01.astype(np.float32) - m) / s).astype(np.float32))
+    return np.ascontiguousarray(standardise(x01, mean, std, channel_axis=1))
 
 
 def _upsample(x: np.ndarray, h: int, w: int) -> np.ndarray:

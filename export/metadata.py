@@ -31,6 +31,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise_pixels
+
 from .errors import ExportError, OnnxFileError
 
 FORMAT = "pruneopt.onnx/1"
@@ -38,8 +40,6 @@ PREFIX = "pruneopt."
 PRODUCER = "pruneopt"
 MANIFEST_KEY = PREFIX + "keys"
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -140,8 +140,7 @@ class ExportMetadata:
         if x.ndim != 4 or tuple(x.shape[1:]) != (h, w, c):
             raise ValueError(f"expected images [N, {h}, {w}, {c}], got {tuple(x.shape)}; resize them to {h}x{w} "
                              f"first (pruneopt export --input {c}x{h}x{w})")
-        y = (x.astype(np.float32) * np.float32(self.pixel_scale) - np.asarray(self.mean, np.float32)) / np.asarray(
-            self.std, np.float32)
+        y = normalise_pixels(x, self.mean, self.std, pixel_scale=self.pixel_scale)
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise_pixels
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -30,9 +32,6 @@ __all__ = [
     "TrainTransform",
     "TestTransform",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ImageLike = np.ndarray | Image.Image
 
@@ -92,10 +91,9 @@ def pad_random_crop(img: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
 def normalize(
     img: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
 ) -> np.ndarray:
-    """``uint8`` HxWx3 -> ``float32`` 3xHxW, scaled to [0, 1] then standardised per channel."""
-    x = img.astype(np.float32) / 255.0
-    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    """``uint8`` HxWx3 -> ``float32`` 3xHxW, scaled to [0, 1] then standardised per channel
+    (:func:`pruneopt.preprocess.normalise_pixels`)."""
+    return np.ascontiguousarray(normalise_pixels(img, mean, std).transpose(2, 0, 1))
 
 
 def random_erasing(
