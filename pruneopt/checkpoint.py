@@ -1,13 +1,23 @@
-"""A subnetwork on disk: ``spec.json`` + ``weights.safetensors``, rebuildable without its parent."""
+"""A subnetwork on disk: ``spec.json`` + ``weights.safetensors``, rebuildable without its parent.
+
+This module is the one reader and writer of "a spec file next to a safetensors file": :func:`read_subnet` and
+:func:`write_subnet` take the weights file's name, so other folder layouts built on the same pair (a re-ID model
+folder holds ``spec.json`` + ``model.safetensors``) load and save through them too. Both files are written
+atomically (:func:`pruneopt.common.files.atomic_write`): a crash never leaves a half-written one behind.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from .common.files import atomic_write
 from .errors import SpecError
 from .models import ModelSpec, build
 
@@ -15,36 +25,57 @@ SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 
+def write_subnet(folder: str | Path, spec: ModelSpec, state: Mapping[str, torch.Tensor], *,
+                 weights_file: str = WEIGHTS_FILE, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``state`` (to ``weights_file``, with ``metadata``) and ``spec`` (to ``spec.json``) into ``folder``."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write(out / weights_file, safetensors_bytes(tensors, metadata=metadata))
+    spec.save(out / SPEC_FILE)
+    return out
+
+
 def save_subnet(model: nn.Module, folder: str | Path) -> Path:
     """Write ``model`` (built by :mod:`pruneopt.models`) to ``folder``; returns the folder."""
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         raise SpecError("only models built by pruneopt.models can be saved as a subnetwork (model.spec is missing)")
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"spec_hash": spec.hash(), "arch": spec.arch})
-    tmp.replace(out / WEIGHTS_FILE)  # atomic: a crash never leaves a half-written weights file
-    spec.save(out / SPEC_FILE)
-    return out
+    return write_subnet(folder, spec, model.state_dict(), metadata={"spec_hash": spec.hash(), "arch": spec.arch})
+
+
+def read_subnet(folder: str | Path, *, weights_file: str = WEIGHTS_FILE,
+                device: str = "cpu") -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """The spec and the (unchecked) state dict of a folder holding ``spec.json`` and ``weights_file``.
+
+    Raises :class:`SpecError` naming the file when either is missing or unreadable.
+    """
+    root = Path(folder)
+    spec = ModelSpec.load(root / SPEC_FILE)
+    weights = root / weights_file
+    if not weights.is_file():
+        raise SpecError(f"{weights} is missing (a subnetwork folder holds {SPEC_FILE} and {weights_file})")
+    try:
+        state = load_file(str(weights), device=device)
+    except (SafetensorError, OSError) as exc:
+        raise SpecError(f"{weights}: cannot read weights: {exc}") from exc
+    return spec, state
+
+
+def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str,
+                      error: type[Exception] = SpecError) -> None:
+    """``model.load_state_dict(state, strict=True)``; a mismatch raises ``error("{what}: <first line>")``."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
+        raise error(f"{what}: {first}") from exc
 
 
 def load_subnet(folder: str | Path) -> nn.Module:
     """Rebuild a subnetwork saved by :func:`save_subnet` (in eval mode)."""
     root = Path(folder)
-    spec = ModelSpec.load(root / SPEC_FILE)
-    weights = root / WEIGHTS_FILE
-    if not weights.is_file():
-        raise SpecError(f"{weights} is missing (a subnetwork folder holds {SPEC_FILE} and {WEIGHTS_FILE})")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise SpecError(f"{weights}: cannot read weights: {exc}") from exc
+    spec, state = read_subnet(root)
     model = build(spec)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
-        raise SpecError(f"{weights} does not fit {root / SPEC_FILE}: {first}") from exc
+    load_state_strict(model, state, f"{root / WEIGHTS_FILE} does not fit {root / SPEC_FILE}")
     return model.eval()

@@ -29,9 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruneopt.checkpoint import WEIGHTS_FILE as SUBNET_WEIGHTS
+from pruneopt.checkpoint import load_state_strict, read_subnet, write_subnet
+from pruneopt.common.files import atomic_write_json
+from pruneopt.errors import SpecError
 from pruneopt.models import ModelSpec, build, default_spec
+from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import ReidserveError
 
 __all__ = [
@@ -203,30 +207,27 @@ def _adapt_state(state: dict[str, torch.Tensor], spec: ModelSpec) -> tuple[dict[
 def backbone_from_subnet(folder: str | os.PathLike[str]) -> nn.Module:
     """A features-only, last-stride-1 backbone from a pruned winner (``spec.json`` + ``weights.safetensors``).
 
-    The classifier (``fc.*`` / ``classifier.*``) is dropped. A winner trained on grey images (``in_chans=1``,
-    e.g. Fashion-MNIST) gets an RGB stem whose weights are the original ones divided by 3 per channel, so a grey
-    image replicated to RGB gives the same activations.
+    The folder is read by :func:`pruneopt.checkpoint.read_subnet`. The classifier (``fc.*`` / ``classifier.*``)
+    is dropped. A winner trained on grey images (``in_chans=1``, e.g. Fashion-MNIST) gets an RGB stem whose
+    weights are the original ones divided by 3 per channel, so a grey image replicated to RGB gives the same
+    activations.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from pruneopt.checkpoint import WEIGHTS_FILE as SUBNET_WEIGHTS
-
     root = Path(folder)
     if not root.is_dir():
         raise ModelError(f"backbone folder {root} does not exist (expected spec.json + {SUBNET_WEIGHTS})")
-    spec = ModelSpec.load(root / "spec.json")
-    weights = root / SUBNET_WEIGHTS
-    if not weights.is_file():
-        raise ModelError(f"{weights} is missing (a pruned winner folder holds spec.json and {SUBNET_WEIGHTS})")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise ModelError(f"{weights}: cannot read weights: {exc}") from exc
+    spec, state = _read(root, SUBNET_WEIGHTS)
     state, spec = _adapt_state(state, spec)
     model = build(reid_spec(spec))
-    _load_strict(model, state, f"{weights} does not fit {root / 'spec.json'}")
+    load_state_strict(model, state, f"{root / SUBNET_WEIGHTS} does not fit {root / SPEC_FILE}", ModelError)
     return model
+
+
+def _read(root: Path, weights_file: str, device: str = "cpu") -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """:func:`pruneopt.checkpoint.read_subnet`, its errors as :class:`ModelError`."""
+    try:
+        return read_subnet(root, weights_file=weights_file, device=device)
+    except SpecError as exc:
+        raise ModelError(str(exc)) from exc
 
 
 def backbone_from_module(module: nn.Module) -> nn.Module:
@@ -237,16 +238,8 @@ def backbone_from_module(module: nn.Module) -> nn.Module:
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     state, spec = _adapt_state(state, spec)
     model = build(reid_spec(spec))
-    _load_strict(model, state, f"the weights of the given {spec.arch} do not fit its spec")
+    load_state_strict(model, state, f"the weights of the given {spec.arch} do not fit its spec", ModelError)
     return model
-
-
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
-        raise ModelError(f"{what}: {first}") from exc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,24 +247,11 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) ->
 # ----------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_reid_model(model: ReidModel, folder: str | os.PathLike[str]) -> Path:
     """Write ``spec.json``, ``model.safetensors`` and ``reid.json`` into ``folder`` (each written atomically)."""
-    from safetensors.torch import save_file
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": MODEL_FORMAT, "spec_hash": model.spec.hash()})
-    os.replace(tmp, out / WEIGHTS_FILE)
-    _atomic_write_text(out / SPEC_FILE, model.spec.to_json(indent=2) + "\n")
-    _atomic_write_text(out / HEAD_FILE, json.dumps(model.head.to_dict(model.embed_dim), indent=2) + "\n")
+    out = write_subnet(folder, model.spec, model.state_dict(), weights_file=WEIGHTS_FILE,
+                       metadata={"format": MODEL_FORMAT, "spec_hash": model.spec.hash()})
+    atomic_write_json(out / HEAD_FILE, model.head.to_dict(model.embed_dim))
     return out
 
 
@@ -296,25 +276,15 @@ def resolve_model_folder(path: str | os.PathLike[str]) -> Path:
 
 def load_reid_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> ReidModel:
     """Rebuild a model saved by :func:`save_reid_model` (or the ``model/`` of a run folder), in eval mode."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     root = resolve_model_folder(path)
     try:
         head_data = json.loads((root / HEAD_FILE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"{root / HEAD_FILE}: cannot read: {exc}") from exc
     head = HeadConfig.from_dict(head_data, str(root / HEAD_FILE))
-    spec = ModelSpec.load(root / SPEC_FILE)
+    spec, state = _read(root, WEIGHTS_FILE, str(map_location))
     if not spec.features_only:
         raise ModelError(f"{root / SPEC_FILE}: a re-ID backbone spec must have features_only=true")
-    weights = root / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelError(f"{weights} is missing")
-    try:
-        state = load_file(str(weights), device=str(map_location))
-    except (SafetensorError, OSError) as exc:
-        raise ModelError(f"{weights}: cannot read weights: {exc}") from exc
     model = ReidModel(build(spec), head)
-    _load_strict(model, state, f"{weights} does not fit {root / SPEC_FILE}")
+    load_state_strict(model, state, f"{root / WEIGHTS_FILE} does not fit {root / SPEC_FILE}", ModelError)
     return model.to(map_location).eval()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..common.files import atomic_write
 from ..errors import PruneoptError, SpecError
 from .catalog import lookup
 
@@ -161,11 +162,11 @@ class ModelSpec:
             raise SpecError(f"{p}: {exc}") from exc
 
     def save(self, path: str | Path) -> Path:
+        """Write ``spec.json`` (``path`` is the file, or a folder to hold it) atomically."""
         p = Path(path)
         if p.is_dir():
             p = p / "spec.json"
-        p.write_text(self.to_json(indent=2) + "\n")
-        return p
+        return atomic_write(p, self.to_json(indent=2) + "\n")
 
 
 def _int_field(data: Mapping[str, Any], key: str, default: int) -> int:

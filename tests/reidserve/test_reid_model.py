@@ -161,6 +161,24 @@ def test_bad_model_folders(tmp_path: Path) -> None:
         backbone_from_subnet(tmp_path / "w")
 
 
+def test_backbone_and_model_folders_share_the_subnetwork_reader(tmp_path: Path) -> None:
+    """Both folder kinds are read by pruneopt.checkpoint.read_subnet; its errors arrive as ModelError."""
+    winner = save_subnet(build(default_spec("resnet20", num_classes=10)), tmp_path / "winner")
+    (winner / "weights.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelError, match="cannot read weights"):
+        backbone_from_subnet(winner)
+    narrow = default_spec("resnet20", num_classes=10)
+    save_subnet(build(narrow.with_widths([w // 2 for w in narrow.widths])), tmp_path / "narrow")
+    narrow.save(tmp_path / "narrow" / "spec.json")  # full-width spec, half-width weights
+    with pytest.raises(ModelError, match="weights.safetensors does not fit"):
+        backbone_from_subnet(tmp_path / "narrow")
+    folder = save_reid_model(build_reid_model("resnet20", seed=0), tmp_path / "m")
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "reid.json", "spec.json"]
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="cannot read weights"):
+        load_reid_model(folder)
+
+
 def test_normalisation_matches_functional() -> None:
     model = build_reid_model("resnet20", seed=2).eval()
     x = torch.randn(2, 3, 64, 32)
