@@ -23,16 +23,17 @@ the same as on the dense matrix.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 
+from pruneopt.common.threads import faiss_threads
+
 from .errors import ReidserveError
+from .reciprocal import expanded_reciprocal_sets
 
 __all__ = [
     "ClusterConfig",
@@ -104,22 +105,6 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-@contextlib.contextmanager
-def _faiss_threads(threads: int | None) -> Iterator[None]:
-    """Run FAISS's OpenMP loops with ``threads`` threads, restoring the previous setting afterwards."""
-    import faiss
-
-    if threads is None:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(max(1, int(threads)))
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
 def _check_features(features: np.ndarray) -> np.ndarray:
     x = np.asarray(features)
     if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
@@ -153,7 +138,7 @@ def knn(
     if gpu and not faiss_gpu_available():
         raise ClusterError("use_gpu=True but this FAISS build has no GPU support or sees no GPU")
     kk = min(k + 1, n)
-    with _faiss_threads(threads):
+    with faiss_threads(threads):
         if gpu:
             res = faiss.StandardGpuResources()
             index = faiss.GpuIndexFlatIP(res, dim)
@@ -176,25 +161,6 @@ def knn(
 # ----------------------------------------------------------------------------------------------
 
 
-def _sorted_keys(rows: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:
-    return np.sort(rows.astype(np.int64) * n + cols.astype(np.int64))
-
-
-def _contains(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    pos = np.searchsorted(sorted_keys, queries)
-    pos = np.minimum(pos, sorted_keys.size - 1)
-    return sorted_keys[pos] == queries
-
-
-def _reciprocal_mask(nbr: np.ndarray) -> np.ndarray:
-    """``mask[i, m]``: ``nbr[i, m]`` has ``i`` in its own list ``nbr[nbr[i, m]]``."""
-    n, width = nbr.shape
-    rows = np.repeat(np.arange(n, dtype=np.int64), width)
-    keys = _sorted_keys(rows, nbr.ravel(), n)
-    back = nbr.ravel().astype(np.int64) * n + rows
-    return _contains(keys, back).reshape(n, width)
-
-
 def _pair_similarities(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 8192) -> np.ndarray:
     out = np.empty(rows.size, dtype=np.float64)
     for s in range(0, rows.size, chunk):
@@ -211,7 +177,8 @@ def k_reciprocal_encoding(
     use_gpu: bool | None = None,
     threads: int | None = None,
 ) -> sp.csr_matrix:
-    """The sparse k-reciprocal encoding ``V`` (``N x N`` CSR, float64, rows summing to 1): steps 1-5 above.
+    """The sparse k-reciprocal encoding ``V`` (``N x N`` CSR, float64, rows summing to 1): steps 1-5 above
+    (steps 2-3 by :func:`reidserve.reciprocal.expanded_reciprocal_sets`).
 
     ``k1`` and ``k2`` are clipped to ``N - 1`` and ``N`` for tiny inputs.
     """
@@ -221,30 +188,9 @@ def k_reciprocal_encoding(
     k2 = min(int(k2), k1 + 1)
     if k1 < 1 or k2 < 1:
         raise ClusterError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
-    kh = max(0, int(np.around(k1 / 2.0)))
     knn_sims, nbr = knn(x, k1, use_gpu=use_gpu, threads=threads)  # [n, k1 + 1], self first
-
-    recip1 = _reciprocal_mask(nbr)  # R(i, k1) as a mask over nbr[:, :k1+1]
-    nbr_h = nbr[:, : kh + 1]
-    recip_h = _reciprocal_mask(nbr_h)  # R(i, kh) as a mask over nbr[:, :kh+1]
-    size_h = recip_h.sum(axis=1)
-
-    # candidates (i, c) with c in R(i, k1); overlap |R(c, kh) & R(i, k1)|
-    ci, cm = np.nonzero(recip1)
-    cand = nbr[ci, cm]
-    r1_keys = _sorted_keys(ci, cand, n)
-    members = nbr_h[cand]  # [num_cand, kh + 1]
-    member_ok = recip_h[cand]
-    inside = _contains(r1_keys, ci[:, None] * n + members) & member_ok
-    qualifies = inside.sum(axis=1) > (2.0 / 3.0) * size_h[cand]
-
-    add_rows = np.repeat(ci[qualifies], kh + 1)
-    add_cols = members[qualifies].ravel()
-    add_ok = member_ok[qualifies].ravel()
-    rows = np.concatenate([ci, add_rows[add_ok]])
-    cols = np.concatenate([cand, add_cols[add_ok]])
-    keys = np.unique(rows * n + cols)
-    rows, cols = keys // n, keys % n
+    rows, cols = expanded_reciprocal_sets(nbr)  # steps 2-3
+    keys = rows * n + cols
 
     # similarities: from the kNN search where the pair is in it (most are), computed for the others
     knn_keys = np.arange(n, dtype=np.int64)[:, None] * n + nbr

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import ReidserveError
+from .reciprocal import expanded_reciprocal_sets
 
 __all__ = [
     "MetricsError",
@@ -189,14 +190,6 @@ def pairwise_distance(x: np.ndarray, y: np.ndarray, metric: str = "euclidean") -
     return (sq if metric == "sqeuclidean" else np.sqrt(sq)).astype(np.float32)
 
 
-def _reciprocal_mask(neigh: np.ndarray) -> np.ndarray:
-    """``neigh[i]`` = i's nearest neighbours; mask of those j that also have i among theirs."""
-    n, k = neigh.shape
-    is_neigh = np.zeros((n, n), dtype=bool)
-    is_neigh[np.arange(n)[:, None], neigh] = True
-    return is_neigh[neigh, np.arange(n)[:, None]]
-
-
 def re_ranking(
     q_g_dist: np.ndarray,
     q_q_dist: np.ndarray,
@@ -236,7 +229,6 @@ def re_ranking(
     dist = (dist / np.maximum(dist.max(axis=0), 1e-12)).T.copy()
 
     k1 = min(k1, n - 1)
-    kh = min(int(np.around(k1 / 2.0)), n - 1)
     kq = min(k2, n)
     kmax = max(k1 + 1, kq)
     if kmax < n:
@@ -245,28 +237,13 @@ def re_ranking(
         rank_top = np.take_along_axis(part, np.argsort(part_d, axis=1, kind="stable"), axis=1)
     else:
         rank_top = np.argsort(dist, axis=1, kind="stable")
-    neigh = rank_top[:, : k1 + 1]
-    neigh_h = rank_top[:, : kh + 1]
-    rows = np.arange(n)
-
-    recip = _reciprocal_mask(neigh)  # n x (k1+1): neigh[i, m] is k1-reciprocal to i
-    recip_h = _reciprocal_mask(neigh_h)  # n x (kh+1)
-    in_r = np.zeros((n, n), dtype=bool)
-    in_r[np.nonzero(recip)[0], neigh[recip]] = True  # R(i, k1) as a dense mask
-    # for each candidate c = neigh[i, m] in R(i, k1): |R(c, k1/2) & R(i, k1)| > 2/3 |R(c, k1/2)| ?
-    cand_h = neigh_h[neigh]  # n x (k1+1) x (kh+1)
-    cand_h_ok = recip_h[neigh]
-    overlap = (in_r[rows[:, None, None], cand_h] & cand_h_ok).sum(axis=2)
-    qualifies = recip & (overlap > (2.0 / 3.0) * cand_h_ok.sum(axis=2))
-    expanded = in_r.copy()
-    qi, qm = np.nonzero(qualifies)
-    add_rows = np.broadcast_to(qi[:, None], (qi.size, kh + 1))
-    add_ok = cand_h_ok[qi, qm]
-    expanded[add_rows[add_ok], cand_h[qi, qm][add_ok]] = True
-
-    v = np.where(expanded, np.exp(-dist), 0.0).astype(np.float32)
+    # R*(i): k1-reciprocal sets expanded with k1/2-reciprocal ones (reidserve.reciprocal), Gaussian-weighted
+    rows, cols = expanded_reciprocal_sets(rank_top[:, : k1 + 1])
+    weights = np.exp(-dist)
+    v = np.zeros((n, n), dtype=np.float32)
+    v[rows, cols] = weights[rows, cols]
+    del weights
     v /= v.sum(axis=1, keepdims=True)
-    del expanded, in_r
     if kq > 1:
         v_qe = np.zeros_like(v)
         for t in range(kq):

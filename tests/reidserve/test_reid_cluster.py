@@ -166,3 +166,37 @@ def test_bad_config() -> None:
         ClusterConfig(eps=1.5)
     with pytest.raises(ClusterError, match="outliers"):
         ClusterConfig(outliers="keep")  # type: ignore[arg-type]
+
+
+def sets_by_definition(nbr: np.ndarray) -> set[tuple[int, int]]:
+    """R*(i) of every i, written out with Python sets."""
+    k1 = nbr.shape[1] - 1
+    kh = int(np.around(k1 / 2.0))
+
+    def recip(i: int, k: int) -> set[int]:
+        return {int(j) for j in nbr[i, : k + 1] if i in nbr[j, : k + 1]}
+
+    out: set[tuple[int, int]] = set()
+    for i in range(len(nbr)):
+        r = recip(i, k1)
+        star = set(r)
+        for c in r:
+            rc = recip(c, kh)
+            if len(rc & r) > 2.0 / 3.0 * len(rc):
+                star |= rc
+        out |= {(i, j) for j in star}
+    return out
+
+
+@pytest.mark.parametrize("k1", [1, 2, 5, 9])
+def test_expanded_reciprocal_sets_match_the_definition(k1: int) -> None:
+    """The one k-reciprocal implementation, shared by the Jaccard distance and metrics.re_ranking."""
+    from reidserve.reciprocal import expanded_reciprocal_sets
+
+    x, _ = clustered(4, 8, 6, 0.6, seed=k1)
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    for nbr in (np.argsort(d, axis=1, kind="stable")[:, : k1 + 1], knn(x, k1)[1]):
+        rows, cols = expanded_reciprocal_sets(nbr)
+        pairs = list(zip(rows.tolist(), cols.tolist(), strict=True))
+        assert pairs == sorted(set(pairs)) and set(pairs) == sets_by_definition(nbr)
+        assert len(pairs) > len(x)  # more than each point with itself
