@@ -104,16 +104,23 @@ def cmd_throughput(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from reidserve.data import load_dataset
     from reidserve.model import HeadConfig, build_reid_model
-    from reidserve.train import _Images, _TwoViewSet, compute_loss, extract_features, parse_batch, train_transform
+    from reidserve.train import (
+        DecodedImages,
+        TwoViewSet,
+        compute_loss,
+        extract_features,
+        parse_batch,
+        train_transform,
+    )
 
     p, k = parse_batch(args.batch)
     ds = load_dataset(args.data)
     size = tuple(int(s) for s in args.size.split("x"))
     model = build_reid_model(args.arch, HeadConfig(input_size=size), seed=0)
-    images = _Images(ds.train, size, cache=True)
+    images = DecodedImages(ds.train, size, cache=True)
     for i in range(min(len(images), p * k * (args.steps + 1))):
         images.get(i)  # decode outside the timing
-    views = _TwoViewSet(images, train_transform(size), seed=0)
+    views = TwoViewSet(images, train_transform(size), seed=0)
     views.labels = np.repeat(np.arange(len(images) // k + 1), k)[: len(images)]
     opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=3.5e-4, weight_decay=5e-4)
     model.train()
@@ -132,7 +139,7 @@ def cmd_throughput(args: argparse.Namespace) -> None:
     per_step = float(np.median(times[1:]))  # the first step warms up
     n_eval = min(len(images), 512)
     t = time.perf_counter()
-    extract_features(model, _Images(ds.train[:n_eval], size, cache=False), batch_size=128)
+    extract_features(model, DecodedImages(ds.train[:n_eval], size, cache=False), batch_size=128)
     t_ext = time.perf_counter() - t
     print(
         json.dumps(
@@ -159,7 +166,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from pruneopt.checkpoint import save_subnet
     from reidserve.data import PKSampler, load_dataset, relabel
     from reidserve.model import HeadConfig, build_reid_model
-    from reidserve.train import _Images, evaluate_model, parse_batch, train_transform
+    from reidserve.train import DecodedImages, evaluate_model, parse_batch, train_transform
 
     ds = load_dataset(args.data)
     items, _ = relabel(ds.train)
@@ -172,7 +179,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     params = [q for q in model.parameters() if q.requires_grad] + [weight]
     opt = torch.optim.Adam(params, lr=args.lr, weight_decay=5e-4)
     sampler = PKSampler([it.pid for it in items], [it.camid for it in items], p, k, seed=args.seed)
-    images = _Images(items, size, cache=True)
+    images = DecodedImages(items, size, cache=True)
     transform = train_transform(size)
     labels = torch.tensor([it.pid for it in items])
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.cluster import DBSCAN
 
 from pruneopt.common.threads import faiss_threads
 
@@ -100,7 +101,7 @@ class ClusterResult:
 
 def faiss_gpu_available() -> bool:
     """Whether the installed FAISS is a GPU build and sees at least one GPU."""
-    import faiss
+    import faiss  # lazy: a GPU build of FAISS initialises CUDA on import; only clustering needs it
 
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
@@ -128,7 +129,7 @@ def knn(
     ``use_gpu=None`` uses a FAISS GPU index when :func:`faiss_gpu_available`; ``threads`` sets FAISS's OpenMP
     thread count for the CPU search (restored afterwards).
     """
-    import faiss
+    import faiss  # lazy: a GPU build of FAISS initialises CUDA on import; only clustering needs it
 
     x = _check_features(features)
     n, dim = x.shape
@@ -316,8 +317,6 @@ def cluster_features(
 
     Cluster ids are renumbered ``0..C-1`` by first appearance, so results do not depend on DBSCAN's numbering.
     """
-    from sklearn.cluster import DBSCAN
-
     cfg = config or ClusterConfig()
     t0 = time.perf_counter()
     dist = jaccard_distance(features, cfg.k1, cfg.k2, max_distance=cfg.eps, use_gpu=use_gpu, threads=threads)

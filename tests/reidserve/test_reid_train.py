@@ -25,15 +25,16 @@ from reidserve.cli import main
 from reidserve.data.synth import SynthConfig, generate
 from reidserve.model import load_reid_model
 from reidserve.train import (
+    DecodedImages,
     ReidTrainConfig,
     TrainError,
-    _epoch_batches,
-    _TwoViewSet,
+    TwoViewSet,
     compute_loss,
     finetune_and_score,
     parse_batch,
     update_memory,
 )
+from reidserve.train.trainer import epoch_batches
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = SynthConfig(ids=16, cams=3, seed=1, imgs_per_id=(3, 4), size=(64, 32), distractors=4)
@@ -140,9 +141,9 @@ def test_epoch_batches_are_deterministic_and_shard_cleanly() -> None:
     labels = np.repeat(np.arange(6), 5)
     camids = np.tile(np.arange(5), 6)
     cfg = ReidTrainConfig(data="x", p=3, k=2, seed=4)
-    a = _epoch_batches(labels, camids, cfg, epoch=2, count=7)  # more than one pass (6 // 3 = 2 per pass)
-    assert a == _epoch_batches(labels, camids, cfg, epoch=2, count=7)
-    assert a != _epoch_batches(labels, camids, cfg, epoch=3, count=7)
+    a = epoch_batches(labels, camids, cfg, epoch=2, count=7)  # more than one pass (6 // 3 = 2 per pass)
+    assert a == epoch_batches(labels, camids, cfg, epoch=2, count=7)
+    assert a != epoch_batches(labels, camids, cfg, epoch=3, count=7)
     assert len(a) == 7 and all(len(b) == 6 for b in a)
     assert [k[1] for b in a for k in b] == [g for g in range(7) for _ in range(6)]
     for b in a:
@@ -154,10 +155,9 @@ def test_epoch_batches_are_deterministic_and_shard_cleanly() -> None:
 
 def test_two_views_differ_and_are_reproducible(tiny: Path) -> None:
     from reidserve.data import TrainTransform, load_dataset
-    from reidserve.train import _Images
 
     ds = load_dataset(tiny)
-    views = _TwoViewSet(_Images(ds.train, (64, 32), cache=True), TrainTransform((64, 32)), seed=1)
+    views = TwoViewSet(DecodedImages(ds.train, (64, 32), cache=True), TrainTransform((64, 32)), seed=1)
     views.labels = np.arange(len(ds.train))
     v1, v2, lab = views[(5, 0, 0)]
     assert lab == 5 and v1.shape == (3, 64, 32) and not torch.equal(v1, v2)
@@ -344,6 +344,7 @@ def test_too_few_clusters_falls_back_to_singletons_for_the_epoch(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import reidserve.train as train_mod
+    import reidserve.train.trainer as trainer_mod
     from reidserve.cluster import ClusterResult
 
     def two_clusters(features: np.ndarray, config: object, **kw: object) -> ClusterResult:
@@ -351,7 +352,7 @@ def test_too_few_clusters_falls_back_to_singletons_for_the_epoch(
         labels[:10], labels[10:20] = 0, 1
         return ClusterResult(labels, 2, len(features) - 20, {})
 
-    monkeypatch.setattr(train_mod, "cluster_features", two_clusters)
+    monkeypatch.setattr(trainer_mod, "cluster_features", two_clusters)
     lines: list[str] = []
     cfg = ReidTrainConfig(
         data=str(tiny), arch="resnet20", epochs=1, iters=1, p=4, k=2, size=(64, 32), threads=1, eval_batch=64
@@ -368,7 +369,7 @@ def test_decoded_images_are_shared_between_runs_of_a_process(tmp_path: Path, mon
     file is decoded again, and a zero limit keeps images per run only."""
     from PIL import Image
 
-    import reidserve.train as tr
+    import reidserve.train.images as tr
     from reidserve.data import Item
 
     paths = []
@@ -386,20 +387,20 @@ def test_decoded_images_are_shared_between_runs_of_a_process(tmp_path: Path, mon
 
     monkeypatch.setattr(tr, "load_image", counting)
     tr.clear_shared_image_cache()
-    first = tr._Images(items, (8, 4), cache=True)
+    first = tr.DecodedImages(items, (8, 4), cache=True)
     a = [first.get(i) for i in range(3)]
     assert len(decoded) == 3 and not a[1].flags.writeable  # shared arrays cannot be changed in place
-    again = tr._Images(items, (8, 4), cache=True)
+    again = tr.DecodedImages(items, (8, 4), cache=True)
     assert all(np.array_equal(again.get(i), a[i]) for i in range(3)) and len(decoded) == 3
-    assert tr._Images(items, (16, 8), cache=True).get(0).shape == (16, 8, 3) and len(decoded) == 4  # other size
+    assert tr.DecodedImages(items, (16, 8), cache=True).get(0).shape == (16, 8, 3) and len(decoded) == 4  # other size
     Image.fromarray(np.full((20, 10, 3), 200, np.uint8)).save(paths[2])
     os.utime(paths[2], ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert int(tr._Images(items, (8, 4), cache=True).get(2)[0, 0, 0]) == 200 and len(decoded) == 5
-    assert len(tr._Images(items, (8, 4), cache=False).get(0).shape) == 3 and len(decoded) == 6  # no cache: decode
+    assert int(tr.DecodedImages(items, (8, 4), cache=True).get(2)[0, 0, 0]) == 200 and len(decoded) == 5
+    assert len(tr.DecodedImages(items, (8, 4), cache=False).get(0).shape) == 3 and len(decoded) == 6  # no cache: decode
     tr.clear_shared_image_cache()
     monkeypatch.setenv("REIDSERVE_IMAGE_CACHE_MB", "0")
-    run = tr._Images(items, (8, 4), cache=True)
+    run = tr.DecodedImages(items, (8, 4), cache=True)
     run.get(0)
     run.get(0)  # still once per run
-    tr._Images(items, (8, 4), cache=True).get(0)
-    assert len(decoded) == 8 and tr._SHARED_IMAGES == {}
+    tr.DecodedImages(items, (8, 4), cache=True).get(0)
+    assert len(decoded) == 8 and len(tr.SHARED_IMAGES) == 0 and tr.SHARED_IMAGES.nbytes == 0
