@@ -138,6 +138,18 @@ def test_overwrite(tmp_path: Path) -> None:
     assert _files(tmp_path / "o") == _files(fresh)
 
 
+def test_bad_input_is_a_reidserve_error(tmp_path: Path) -> None:
+    """The CLIs print these as one line (exit 2) rather than a traceback."""
+    from reidserve.data.synth import SynthError
+    from reidserve.errors import ReidserveError
+
+    assert issubclass(SynthError, ReidserveError)
+    for call in (lambda: parse_size("8x4"), lambda: parse_range("5-2"), lambda: SynthConfig(cams=1).validate(),
+                 lambda: generate(SynthConfig(ids=2), tmp_path / "x", workers=0)):
+        with pytest.raises(SynthError):
+            call()
+
+
 def test_parse_helpers() -> None:
     assert parse_size("128x64") == (128, 64) and parse_size("256X128") == (256, 128)
     assert parse_range("8") == (8, 8) and parse_range("6-10") == (6, 10) and parse_range(3) == (3, 3)
