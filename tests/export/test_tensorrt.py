@@ -71,6 +71,7 @@ def test_tensorrt_10_fp16_uses_the_builder_flag(r20: Exported, tmp_path: Path) -
     assert side["device"] == GPU and side["input_name"] == "input" and side["input_shape"] == list(CIFAR)
     assert side["metadata"]["pruneopt.arch"] == "resnet20"
     assert (tmp_path / "timing.cache").read_bytes() == b"+entry" and not built.timing_cache_entries_reused
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json", "timing.cache"]  # no temp files
     _, again = build(r20.path, tmp_path / "m2.engine", fp16=True, timing_cache=tmp_path / "timing.cache")
     assert again.timing_cache_entries_reused
     assert (tmp_path / "timing.cache").read_bytes() == b"+entry+entry"
