@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pruneopt.common.params import parse_int_list
+from pruneopt.common.params import parse_shape as parse_params_shape
 from pruneopt.preprocess import standardise
 
 from .errors import ExportError
@@ -24,28 +26,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def parse_shape(text: str | Sequence[int]) -> tuple[int, int, int]:
-    """``"3x256x128"`` (or a sequence) -> ``(3, 256, 128)``."""
-    if isinstance(text, str):
-        try:
-            parts = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
-        except ValueError:
-            raise ExportError(f"--input must look like 3x256x128, got {text!r}") from None
-    else:
-        parts = tuple(int(p) for p in text)
-    if len(parts) != 3 or min(parts) < 1:
-        raise ExportError(f"--input must be three positive integers CxHxW, got {text!r}")
-    return parts  # type: ignore[return-value]
+    """``"3x256x128"`` (or a sequence) -> ``(3, 256, 128)``; :class:`ExportError` when it is not three positive
+    integers (:func:`pruneopt.common.params.parse_shape`)."""
+    return parse_params_shape(text, "--input", error=ExportError)
 
 
 def parse_batches(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"1,7,64"`` -> ``(1, 7, 64)``; every batch size must be >= 1."""
-    try:
-        values = tuple(int(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip())
-    except ValueError:
-        raise ExportError(f"batch sizes must be comma-separated integers like 1,8,32, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise ExportError(f"batch sizes must be positive integers, got {text!r}")
-    return values
+    """``"1,7,64"`` -> ``(1, 7, 64)``; every batch size must be >= 1
+    (:func:`pruneopt.common.params.parse_int_list`)."""
+    return parse_int_list(text, "batch sizes", "1,8,32", error=ExportError)
 
 
 def random_inputs(n: int, shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

@@ -32,6 +32,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from pruneopt.common.threads import torch_threads
+
 from .errors import OnnxFileError, RuntimeUnavailableError
 from .metadata import ExportMetadata, load_onnx
 
@@ -181,7 +183,10 @@ class OrtRunner(_Closing):
 
 
 class TorchRunner(_Closing):
-    """PyTorch eager inference of a pruneopt network (with the same pooling / normalisation as its export)."""
+    """PyTorch eager inference of a pruneopt network (with the same pooling / normalisation as its export).
+
+    ``threads`` sets torch's intra-op threads for each :meth:`run` (restored afterwards; None: torch's setting).
+    """
 
     def __init__(self, model: Any, device: str = "cpu", *, normalize: bool = False, threads: int | None = None) -> None:
         import torch
@@ -191,8 +196,7 @@ class TorchRunner(_Closing):
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeUnavailableError("torch-cuda needs a CUDA build of torch and a GPU (torch.cuda is not "
                                           "available)")
-        if threads:
-            torch.set_num_threads(int(threads))
+        self.threads = int(threads) if threads else None
         self.torch = torch
         module = model if isinstance(model, torch.nn.Module) else load_model(Path(model))
         self.module = ExportWrapper(module, normalize).eval().to(device)
@@ -203,14 +207,17 @@ class TorchRunner(_Closing):
     def providers(self) -> list[str]:
         if self.device.type == "cuda":
             return [f"torch {self.torch.__version__} CUDA ({self.torch.cuda.get_device_name(self.device)})"]
-        return [f"torch {self.torch.__version__} CPU ({self.torch.get_num_threads()} threads)"]
+        return [f"torch {self.torch.__version__} CPU ({self._threads()} threads)"]
 
     def info(self) -> dict[str, Any]:
-        return {"runtime": self.name, "providers": self.providers, "threads": self.torch.get_num_threads(),
+        return {"runtime": self.name, "providers": self.providers, "threads": self._threads(),
                 "torch": self.torch.__version__}
 
+    def _threads(self) -> int:
+        return self.threads or self.torch.get_num_threads()
+
     def run(self, batch: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
+        with torch_threads(self.threads), self.torch.inference_mode():
             x = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             return self.module(x).float().cpu().numpy()
 

@@ -8,6 +8,7 @@ atomically (:func:`pruneopt.common.files.atomic_write`): a crash never leaves a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +26,7 @@ SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 
-def write_subnet(folder: str | Path, spec: ModelSpec, state: Mapping[str, torch.Tensor], *,
+def write_subnet(folder: str | os.PathLike[str], spec: ModelSpec, state: Mapping[str, torch.Tensor], *,
                  weights_file: str = WEIGHTS_FILE, metadata: dict[str, str] | None = None) -> Path:
     """Write ``state`` (to ``weights_file``, with ``metadata``) and ``spec`` (to ``spec.json``) into ``folder``."""
     out = Path(folder)
@@ -36,7 +37,7 @@ def write_subnet(folder: str | Path, spec: ModelSpec, state: Mapping[str, torch.
     return out
 
 
-def save_subnet(model: nn.Module, folder: str | Path) -> Path:
+def save_subnet(model: nn.Module, folder: str | os.PathLike[str]) -> Path:
     """Write ``model`` (built by :mod:`pruneopt.models`) to ``folder``; returns the folder."""
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
@@ -44,7 +45,7 @@ def save_subnet(model: nn.Module, folder: str | Path) -> Path:
     return write_subnet(folder, spec, model.state_dict(), metadata={"spec_hash": spec.hash(), "arch": spec.arch})
 
 
-def read_subnet(folder: str | Path, *, weights_file: str = WEIGHTS_FILE,
+def read_subnet(folder: str | os.PathLike[str], *, weights_file: str = WEIGHTS_FILE,
                 device: str = "cpu") -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """The spec and the (unchecked) state dict of a folder holding ``spec.json`` and ``weights_file``.
 
@@ -72,7 +73,7 @@ def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what:
         raise error(f"{what}: {first}") from exc
 
 
-def load_subnet(folder: str | Path) -> nn.Module:
+def load_subnet(folder: str | os.PathLike[str]) -> nn.Module:
     """Rebuild a subnetwork saved by :func:`save_subnet` (in eval mode)."""
     root = Path(folder)
     spec, state = read_subnet(root)

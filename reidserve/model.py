@@ -150,7 +150,7 @@ class ReidModel(nn.Module):
         self.head = head or HeadConfig()
         self.backbone = backbone
         self.pool = GeM(self.head.gem_p, self.head.gem_eps)
-        dim = int(backbone.out_channels)
+        dim = int(backbone.out_channels)  # type: ignore[arg-type]  # every pruneopt network sets it
         self.neck = nn.BatchNorm1d(dim)
         nn.init.ones_(self.neck.weight)
         nn.init.zeros_(self.neck.bias)

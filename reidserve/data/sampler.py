@@ -28,7 +28,8 @@ class PKSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, labels: Sequence[int], camids: Sequence[int], p: int = 16, k: int = 4, *, seed: int = 0
+        self, labels: Sequence[int] | np.ndarray, camids: Sequence[int] | np.ndarray, p: int = 16, k: int = 4, *,
+        seed: int = 0
     ) -> None:
         if p < 1 or k < 1:
             raise ValueError(f"p and k must be >= 1, got p={p}, k={k}")
@@ -43,7 +44,7 @@ class PKSampler(Sampler[list[int]]):
     def from_items(cls, items: Sequence[Item], p: int = 16, k: int = 4, *, seed: int = 0) -> PKSampler:
         return cls([it.pid for it in items], [it.camid for it in items], p, k, seed=seed)
 
-    def set_labels(self, labels: Sequence[int], camids: Sequence[int] | None = None) -> None:
+    def set_labels(self, labels: Sequence[int] | np.ndarray, camids: Sequence[int] | np.ndarray | None = None) -> None:
         """Use new (pseudo-)labels; ``-1`` = outlier. ``camids`` may change too (same length)."""
         lab = np.asarray(labels, dtype=np.int64)
         if camids is not None:

@@ -81,7 +81,7 @@ def _resume(out: Path, cfg: ReidTrainConfig, trainer: Trainer, dist_info: DistCo
     ckpt = loaded[1]
     if ckpt is None and resume:
         raise TrainError(f"--resume: {out / CHECKPOINT_FILE} does not exist, there is nothing to resume")
-    start, records = 0, []
+    start, records = 0, list[dict[str, Any]]()
     if ckpt is not None:
         start = trainer.load_state(ckpt)
         records = [r for r in read_log(out / LOG_FILE) if int(r.get("epoch", 0)) <= start]
@@ -107,7 +107,7 @@ def run_training(
     try:
         with torch_threads(cfg.threads):
             trainer = Trainer(cfg, dataset, initial_model(cfg, backbone_module), dist_info, log)
-            start, records = 0, []
+            start, records = 0, list[dict[str, Any]]()
             if out is not None:
                 start, records = _resume(out, cfg, trainer, dist_info, resume=resume, log=log)
             if start >= cfg.epochs and dist_info.main:

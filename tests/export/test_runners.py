@@ -91,3 +91,16 @@ def test_runner_factory_errors(r20: Exported, tmp_path: Path, subnet_folders: tu
     assert runner.run(np.zeros((2, *CIFAR), np.float32)).shape == (2, 10)
     with pytest.raises(OnnxFileError, match="does not exist"):
         make_runner("ort-cpu", tmp_path / "nothing.onnx")
+
+
+def test_torch_runner_threads_apply_to_its_runs_only(r20: Exported) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    runner = TorchRunner(r20.model, threads=before + 1)
+    assert torch.get_num_threads() == before  # making a runner changes nothing for the process
+    seen: list[int] = []
+    runner.module.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    runner.run(np.zeros((2, *CIFAR), np.float32))
+    assert seen == [before + 1] and torch.get_num_threads() == before
+    assert runner.info()["threads"] == before + 1 and f"({before + 1} threads)" in runner.providers[0]
