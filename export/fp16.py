@@ -68,8 +68,27 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32_ops: Iterable[str] = KEEP_
     inits = {t.name: t for t in g.initializer}
     graph_inputs = {vi.name for vi in g.input}
     graph_outputs = {vi.name for vi in g.output if vi.type.tensor_type.elem_type == FLOAT}
+    node_fp32, half_out = _precisions(g, keep, is_float)
+    rw = _Rewiring(is_float, inits, half_out)
+    for node, fp32 in zip(g.node, node_fp32, strict=True):
+        rw.add(node, fp32)
+    clipped = _convert_initializers(g, inits, rw)
+    cast_back = graph_outputs & half_out
+    _cast_outputs(rw.nodes, cast_back)
+    del g.node[:]
+    g.node.extend(_toposort(rw.nodes, graph_inputs | set(inits) | {t.name for t in g.initializer}))
+    del g.value_info[:]
+    try:
+        onnx.checker.check_model(onnx.shape_inference.infer_shapes(model, strict_mode=True))
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"fp16 conversion produced an invalid graph: {str(exc).splitlines()[0]}") from exc
+    n32 = sum(node_fp32)
+    return model, Fp16Report(len(node_fp32) - n32, n32, len(rw.casts) + len(cast_back), clipped)
 
-    # 1. precision of every node: fp32 if its op is kept, or if it reads a tensor of the fp32 tail
+
+def _precisions(g: onnx.GraphProto, keep: frozenset[str], is_float: set[str]) -> tuple[list[bool], set[str]]:
+    """Step 1: whether each node stays float32 (its op is kept, or it reads a tensor of the fp32 tail), and the
+    float outputs of the float16 nodes."""
     tail: set[str] = set()  # outputs of fp32 nodes
     half_out: set[str] = set()  # float outputs of fp16 nodes
     node_fp32: list[bool] = []
@@ -79,35 +98,41 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32_ops: Iterable[str] = KEEP_
         for o in node.output:
             if o in is_float:
                 (tail if fp32 else half_out).add(o)
+    return node_fp32, half_out
 
-    # 2. rewire inputs, inserting casts, and decide which initializers are needed in which precision
-    new_nodes: list[onnx.NodeProto] = []
-    casts: dict[tuple[str, int], str] = {}
-    need16: set[str] = set()
-    need32: set[str] = set()
-    init16_name: dict[str, str] = {}
 
-    def cast(name: str, to: int) -> str:
+class _Rewiring:
+    """Step 2: the nodes in their new precision, with casts inserted where precisions meet, and which
+    initializers are needed in float16 (``need16``) and float32 (``need32``)."""
+
+    def __init__(self, is_float: set[str], inits: dict[str, onnx.TensorProto], half_out: set[str]) -> None:
+        self.is_float, self.inits, self.half_out = is_float, inits, half_out
+        self.nodes: list[onnx.NodeProto] = []
+        self.casts: dict[tuple[str, int], str] = {}
+        self.need16: set[str] = set()
+        self.need32: set[str] = set()
+        self.rewired: list[tuple[onnx.NodeProto, bool]] = []
+
+    def cast(self, name: str, to: int) -> str:
         key = (name, to)
-        if key not in casts:
+        if key not in self.casts:
             out = f"{name}/{'fp16' if to == FLOAT16 else 'fp32'}"
-            casts[key] = out
-            new_nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"cast_{out}"))
-        return casts[key]
+            self.casts[key] = out
+            self.nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"cast_{out}"))
+        return self.casts[key]
 
-    rewired: list[tuple[onnx.NodeProto, bool]] = []
-    for node, fp32 in zip(g.node, node_fp32, strict=True):
+    def add(self, node: onnx.NodeProto, fp32: bool) -> None:
         fixed = FLOAT32_ONLY_INPUTS.get(node.op_type, set())
         for k, name in enumerate(node.input):
-            if not name or name not in is_float:
+            if not name or name not in self.is_float:
                 continue
             want16 = not fp32 and k not in fixed
-            if name in inits:
-                (need16 if want16 else need32).add(name)
-            elif want16 and name not in half_out:  # a float32 tensor (graph input, fp32 node) into fp16
-                node.input[k] = cast(name, FLOAT16)
-            elif not want16 and name in half_out:  # a float16 tensor into an fp32 node / fp32-only input
-                node.input[k] = cast(name, FLOAT)
+            if name in self.inits:
+                (self.need16 if want16 else self.need32).add(name)
+            elif want16 and name not in self.half_out:  # a float32 tensor (graph input, fp32 node) into fp16
+                node.input[k] = self.cast(name, FLOAT16)
+            elif not want16 and name in self.half_out:  # a float16 tensor into an fp32 node / fp32-only input
+                node.input[k] = self.cast(name, FLOAT)
         if not fp32:
             for a in node.attribute:
                 if node.op_type == "Cast" and a.name == "to" and a.i == FLOAT:
@@ -115,46 +140,43 @@ def convert_to_fp16(model: onnx.ModelProto, keep_fp32_ops: Iterable[str] = KEEP_
                 if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == FLOAT:
                     half, _ = _to_half(numpy_helper.to_array(a.t))
                     a.t.CopyFrom(numpy_helper.from_array(half, a.t.name))
-        new_nodes.append(node)
-        rewired.append((node, fp32))
+        self.nodes.append(node)
+        self.rewired.append((node, fp32))
 
-    # 3. initializers: convert in place, or add a float16 twin when fp32 nodes read them too
+
+def _convert_initializers(g: onnx.GraphProto, inits: dict[str, onnx.TensorProto], rw: _Rewiring) -> int:
+    """Step 3: initializers read in float16 are converted in place, or get a float16 twin when float32 nodes read
+    them too; returns how many values were clipped to float16's range."""
     clipped = 0
-    for name in need16:
+    init16_name: dict[str, str] = {}
+    for name in rw.need16:
         arr = numpy_helper.to_array(inits[name])
         half, over = _to_half(arr)
         clipped += over
-        if name in need32:
+        if name in rw.need32:
             init16_name[name] = f"{name}/fp16"
             g.initializer.append(numpy_helper.from_array(half, init16_name[name]))
         else:
             inits[name].CopyFrom(numpy_helper.from_array(half, name))
-    for node, fp32 in rewired:
+    for node, fp32 in rw.rewired:
         if not fp32:
             for k, name in enumerate(node.input):
                 if name in init16_name and k not in FLOAT32_ONLY_INPUTS.get(node.op_type, set()):
                     node.input[k] = init16_name[name]
+    return clipped
 
-    # 4. outputs: float16 results are cast back to float32 under the output's own name
-    for out in graph_outputs & half_out:
-        producer = next(n for n in new_nodes if out in n.output)
+
+def _cast_outputs(nodes: list[onnx.NodeProto], outputs: set[str]) -> None:
+    """Step 4: float16 results of graph outputs are cast back to float32 under the output's own name."""
+    for out in outputs:
+        producer = next(n for n in nodes if out in n.output)
         inner = f"{out}/fp16_result"
         producer.output[list(producer.output).index(out)] = inner
-        for n in new_nodes:
+        for n in nodes:
             for k, name in enumerate(n.input):
                 if name == out:
                     n.input[k] = inner
-        new_nodes.append(helper.make_node("Cast", [inner], [out], to=FLOAT, name=f"cast_{out}/fp32"))
-
-    del g.node[:]
-    g.node.extend(_toposort(new_nodes, graph_inputs | set(inits) | {t.name for t in g.initializer}))
-    del g.value_info[:]
-    try:
-        onnx.checker.check_model(onnx.shape_inference.infer_shapes(model, strict_mode=True))
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"fp16 conversion produced an invalid graph: {str(exc).splitlines()[0]}") from exc
-    n32 = sum(node_fp32)
-    return model, Fp16Report(len(node_fp32) - n32, n32, len(casts) + len(graph_outputs & half_out), clipped)
+        nodes.append(helper.make_node("Cast", [inner], [out], to=FLOAT, name=f"cast_{out}/fp32"))
 
 
 def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:

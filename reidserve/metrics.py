@@ -117,36 +117,15 @@ def evaluate(
     num_valid = 0
     for start in range(0, nq, chunk_size):
         stop = min(start + chunk_size, nq)
-        c = stop - start
-        order = np.argsort(d[start:stop], axis=1, kind="stable")
-        gp_o = gp[order]
-        # Only the (few) gallery items of the query's identity and the removed items matter: the
-        # rank of a match among kept items is its sorted position minus the removed items before it.
-        cand = np.flatnonzero(gp_o == qp[start:stop, None])  # row-major flat positions, sorted
-        cand_row = cand // ng
-        cand_cam = gc[order.ravel()[cand]]
-        if protocol in ("market", "all"):
-            is_match = cand_cam != qc[start + cand_row] if protocol == "market" else np.ones(cand.size, bool)
-            removed = np.flatnonzero(gp_o == -1)
-            if protocol == "market":
-                removed = np.union1d(removed, cand[~is_match])
-        else:
-            same_cam = gc[order] == qc[start:stop, None]
-            is_match = cand_cam == qc[start + cand_row]
-            if protocol == "cross_camera":
-                is_match = ~is_match
-            removed = np.flatnonzero((gp_o == -1) | (~same_cam if protocol == "same_camera" else same_cam))
-        is_match &= qp[start + cand_row] != -1  # junk never counts as a match
-        match, row = cand[is_match], cand_row[is_match]
-        if match.size == 0:
+        ranked = _match_ranks(d[start:stop], qp[start:stop], qc[start:stop], gp, gc, protocol)
+        if ranked is None:
             continue
-        before = np.searchsorted(removed, match) - np.searchsorted(removed, row * ng)
-        rank = match - row * ng + 1 - before  # 1-based rank among kept items
-        num_rel = np.bincount(row, minlength=c)
-        first_idx = np.cumsum(num_rel) - num_rel  # index in `match` of each row's first match
-        hit_no = np.arange(match.size) - first_idx[row] + 1  # this is the j-th match of its row
+        rank, row = ranked
+        num_rel = np.bincount(row, minlength=stop - start)
+        first_idx = np.cumsum(num_rel) - num_rel  # index in `rank` of each row's first match
+        hit_no = np.arange(rank.size) - first_idx[row] + 1  # this is the j-th match of its row
         valid = num_rel > 0
-        ap = np.bincount(row, weights=hit_no / rank, minlength=c)[valid] / num_rel[valid]
+        ap = np.bincount(row, weights=hit_no / rank, minlength=stop - start)[valid] / num_rel[valid]
         first_rank = rank[first_idx[valid]]
         last_rank = rank[first_idx[valid] + num_rel[valid] - 1]
         cmc_hits += (first_rank[:, None] <= ranks_at[None, :]).sum(axis=0)
@@ -168,6 +147,37 @@ def evaluate(
         mINP=inp_sum / num_valid,
         num_valid_queries=num_valid,
     )
+
+
+def _match_ranks(d: np.ndarray, qp: np.ndarray, qc: np.ndarray, gp: np.ndarray, gc: np.ndarray,
+                 protocol: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """For a chunk of queries (rows of ``d``): the 1-based rank of every true match among the gallery items the
+    protocol keeps, and its query row, in row order then rank order; None when no query has a match."""
+    ng = d.shape[1]
+    order = np.argsort(d, axis=1, kind="stable")
+    gp_o = gp[order]
+    # Only the (few) gallery items of the query's identity and the removed items matter: the
+    # rank of a match among kept items is its sorted position minus the removed items before it.
+    cand = np.flatnonzero(gp_o == qp[:, None])  # row-major flat positions, sorted
+    cand_row = cand // ng
+    cand_cam = gc[order.ravel()[cand]]
+    if protocol in ("market", "all"):
+        is_match = cand_cam != qc[cand_row] if protocol == "market" else np.ones(cand.size, bool)
+        removed = np.flatnonzero(gp_o == -1)
+        if protocol == "market":
+            removed = np.union1d(removed, cand[~is_match])
+    else:
+        same_cam = gc[order] == qc[:, None]
+        is_match = cand_cam == qc[cand_row]
+        if protocol == "cross_camera":
+            is_match = ~is_match
+        removed = np.flatnonzero((gp_o == -1) | (~same_cam if protocol == "same_camera" else same_cam))
+    is_match &= qp[cand_row] != -1  # junk never counts as a match
+    match, row = cand[is_match], cand_row[is_match]
+    if match.size == 0:
+        return None
+    before = np.searchsorted(removed, match) - np.searchsorted(removed, row * ng)
+    return match - row * ng + 1 - before, row
 
 
 def pairwise_distance(x: np.ndarray, y: np.ndarray, metric: str = "euclidean") -> np.ndarray:
@@ -230,13 +240,7 @@ def re_ranking(
 
     k1 = min(k1, n - 1)
     kq = min(k2, n)
-    kmax = max(k1 + 1, kq)
-    if kmax < n:
-        part = np.argpartition(dist, kmax - 1, axis=1)[:, :kmax]
-        part_d = np.take_along_axis(dist, part, axis=1)
-        rank_top = np.take_along_axis(part, np.argsort(part_d, axis=1, kind="stable"), axis=1)
-    else:
-        rank_top = np.argsort(dist, axis=1, kind="stable")
+    rank_top = _nearest(dist, max(k1 + 1, kq))
     # R*(i): k1-reciprocal sets expanded with k1/2-reciprocal ones (reidserve.reciprocal), Gaussian-weighted
     rows, cols = expanded_reciprocal_sets(rank_top[:, : k1 + 1])
     weights = np.exp(-dist)
@@ -250,7 +254,22 @@ def re_ranking(
             v_qe += v[rank_top[:, t]]
         v = v_qe / kq
         del v_qe
+    return _mixed_jaccard(v, dist, nq, lambda_value, chunk_size)
 
+
+def _nearest(dist: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` nearest columns, nearest first (ties by column order; all columns when ``k >= n``)."""
+    if k < dist.shape[1]:
+        part = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        part_d = np.take_along_axis(dist, part, axis=1)
+        return np.take_along_axis(part, np.argsort(part_d, axis=1, kind="stable"), axis=1)
+    return np.argsort(dist, axis=1, kind="stable")
+
+
+def _mixed_jaccard(v: np.ndarray, dist: np.ndarray, nq: int, lambda_value: float, chunk_size: int) -> np.ndarray:
+    """The Jaccard distance of the encodings ``v`` of each query to each gallery item, mixed with the original
+    distance ``dist`` by ``lambda_value``."""
+    n = v.shape[0]
     # Jaccard distance of each query to every image: sum_k min(V[i, k], V[j, k]) over shared k,
     # computed as a sparse join on the columns of V.
     nz_rows, nz_cols = np.nonzero(v)
