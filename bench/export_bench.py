@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from export.bench import run_bench  # noqa: E402
+from export.inputs import parse_shape  # noqa: E402
 from pruneopt.checkpoint import save_subnet  # noqa: E402
 from pruneopt.complexity import count  # noqa: E402
 from pruneopt.models import build, default_spec  # noqa: E402
@@ -82,7 +83,7 @@ def main() -> None:
     ap.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ROOT / "runs" / "export_bench")))
     args = ap.parse_args()
-    shape = tuple(int(v) for v in args.input.split("x"))
+    shape = parse_shape(args.input)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     parent, half = make_models(args.out, args.arch, shape, args.regime, args.seed)  # type: ignore[arg-type]

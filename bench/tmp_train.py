@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pruneopt.common.params import parse_pair
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -115,7 +117,7 @@ def cmd_throughput(args: argparse.Namespace) -> None:
 
     p, k = parse_batch(args.batch)
     ds = load_dataset(args.data)
-    size = tuple(int(s) for s in args.size.split("x"))
+    size = parse_pair(args.size, "--size", "HxW, e.g. 64x32")
     model = build_reid_model(args.arch, HeadConfig(input_size=size), seed=0)
     images = DecodedImages(ds.train, size, cache=True)
     for i in range(min(len(images), p * k * (args.steps + 1))):
@@ -170,7 +172,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     ds = load_dataset(args.data)
     items, _ = relabel(ds.train)
-    size = tuple(int(s) for s in args.size.split("x"))
+    size = parse_pair(args.size, "--size", "HxW, e.g. 64x32")
     p, k = parse_batch(args.batch)
     model = build_reid_model(args.arch, HeadConfig(input_size=size), seed=args.seed)
     num_ids = len({it.pid for it in items})

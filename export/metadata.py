@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from pruneopt.common.files import atomic_write
 from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise_pixels
 
 from .errors import ExportError, OnnxFileError
@@ -303,7 +304,4 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     if model.ByteSize() >= 2**31 - 1:
         raise ExportError(f"{p}: the model is over 2 GB, which a single ONNX protobuf cannot hold")
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(p)
-    return p
+    return atomic_write(p, model.SerializeToString())

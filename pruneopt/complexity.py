@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .common.params import parse_shape
 from .errors import PruneoptError
 from .models import ModelSpec, get_arch
 from .models.graph import Channels, Layer
@@ -45,18 +46,10 @@ class Complexity:
 
 
 def parse_input(text: str | None, default: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Parse ``"3x224x224"`` (or ``"224x224"``, keeping the default channel count)."""
+    """Parse ``"3x224x224"`` (or ``"224x224"``, keeping the default channel count); ``None`` gives ``default``."""
     if text is None:
         return default
-    try:
-        parts = tuple(int(p) for p in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise PruneoptError(f"--input must look like 3x224x224, got {text!r}") from None
-    if len(parts) == 2:
-        parts = (default[0], *parts)
-    if len(parts) != 3 or min(parts) < 1:
-        raise PruneoptError(f"--input must be three positive integers CxHxW, got {text!r}")
-    return parts  # type: ignore[return-value]
+    return parse_shape(text, "--input", default_channels=default[0], error=PruneoptError)
 
 
 MACS, PARAMS, ACTS = 0, 1, 2

@@ -9,6 +9,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pruneopt.common.files import atomic_write
+
 from .config import SynthConfig, SynthError, SynthResult
 from .render import render
 from .world import Camera, Identity, make_camera, make_identity, random_stream
@@ -158,5 +160,5 @@ def generate(
         "counts": asdict(result),
     }
     meta["counts"].pop("root")
-    (root / "synth.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write(root / "synth.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return result
