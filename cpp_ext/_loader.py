@@ -166,7 +166,7 @@ def _jit_prerequisites() -> tuple[str, str]:
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         return "no_compiler", f"no C++ compiler found (looked for {compiler!r}; set CXX to override)"
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # lazy: it loads setuptools; only just-in-time builds need it
 
     # pip's ninja lives next to this interpreter; a venv used without activation does not have it on PATH
     bindir = str(Path(sys.executable).parent)
@@ -182,7 +182,7 @@ def _want_cuda() -> bool:
         return False
     if not torch.cuda.is_available():
         return False
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # lazy: it loads setuptools; only just-in-time builds need it
 
     return cpp_extension.CUDA_HOME is not None
 
@@ -227,7 +227,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def _jit_build(with_cuda: bool) -> Path:
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # lazy: it loads setuptools; only just-in-time builds need it
 
     key = build_key(with_cuda)[:20]
     name = f"pruneopt_cpp_ext_{key}"

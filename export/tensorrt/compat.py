@@ -29,7 +29,7 @@ def import_tensorrt(module: ModuleType | None = None) -> ModuleType:
     if module is not None:
         return module
     try:
-        import tensorrt
+        import tensorrt  # lazy: optional (trt extra)
     except ImportError as exc:
         raise RuntimeUnavailableError(TRT_MISSING) from exc
     return tensorrt

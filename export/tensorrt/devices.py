@@ -53,7 +53,7 @@ class Buffer:
 def import_cudart() -> ModuleType:
     """cuda-python's runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` before cuda-python 12.6)."""
     try:
-        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]  # lazy: optional (trt extra)
     except ImportError:
         try:
             from cuda import cudart  # type: ignore[import-not-found,no-redef]
@@ -115,7 +115,7 @@ class TorchCudaBackend:
     name = "torch"
 
     def __init__(self, device: int = 0) -> None:
-        import torch
+        import torch  # lazy: the serving path must not load torch; only this backend uses it
 
         if not torch.cuda.is_available():
             raise RuntimeUnavailableError("the torch backend needs a CUDA build of torch and a GPU")
@@ -155,7 +155,7 @@ class PyCudaBackend:
 
     def __init__(self, device: int = 0) -> None:
         try:
-            import pycuda.driver as drv  # type: ignore[import-not-found]
+            import pycuda.driver as drv  # type: ignore[import-not-found]  # lazy: optional (pycuda extra)
         except ImportError as exc:
             raise RuntimeUnavailableError("pycuda is not installed: pip install pruneopt[pycuda]") from exc
         drv.init()
