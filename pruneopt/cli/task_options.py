@@ -102,10 +102,11 @@ class TaskOptionsCommand(click.Command):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.own_params = list(self.params)
         self._generated = False
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if not self._generated:
-            self.params[0:0] = [task_option(), *(o.click_option() for o in config_options())]
+            self.params = [task_option(), *(o.click_option() for o in config_options()), *self.own_params]
             self._generated = True
         return super().get_params(ctx)
