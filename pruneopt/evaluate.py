@@ -47,7 +47,8 @@ def onnx_latency_ms(model: torch.nn.Module, input_shape: tuple[int, ...], batch:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "candidate.onnx"
-        export_onnx(model.eval(), path, tuple(input_shape[1:]), exporter="legacy", verify=False)
+        export_onnx(model.eval(), path, (input_shape[1], input_shape[2], input_shape[3]), exporter="legacy",
+                    verify=False)
         runner = make_runner("ort-cpu", path, threads=1)
         medians = []
         try:

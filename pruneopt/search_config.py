@@ -60,7 +60,8 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(values.pop("task", "classification"), **values)
+        task = str(values.pop("task", CommonConfig.task))  # runs made before there were tasks are classification's
+        return cls(task, **values)
 
 
 def misplaced_message(names: list[str], task: str) -> str:

@@ -250,8 +250,9 @@ class ReidTask:
                  latency: bool = False) -> ReidSettings:
         """The settings of a fine-tune on ``data`` with the config's settings."""
         s = _section(cfg)
+        (h, w), (p, k) = s.size, s.reid_batch
         return ReidSettings(parent_dir=str(parent_dir.resolve()), data=str(Path(data).resolve()), steps=steps,
-                            rounds=rounds, size=tuple(s.size), batch=tuple(s.reid_batch), lr=float(s.finetune_lr),
+                            rounds=rounds, size=(h, w), batch=(p, k), lr=float(s.finetune_lr),
                             k1=s.k1, k2=s.k2, cluster_eps=s.cluster_eps, outliers=s.outliers, device=device,
                             latency=latency)
 
@@ -287,8 +288,11 @@ class ReidTask:
             init = save_subnet(thin(parent, spec), fdir / "init")  # where the fine-tune starts (a subnetwork folder)
             tcfg = finetune_config(settings.data, s.final_steps, derive_seed(c.seed, "final"),
                                    backbone=init.resolve(), **finetune_kwargs(settings, torch.get_num_threads()))
+            def log(line: str, name: str = name) -> None:
+                ctx.say(f"final {name}: {line}")
+
             try:  # resumes from fdir/run/checkpoint.pt after an interruption
-                res = train_reid(tcfg, fdir / "run", log=lambda line, name=name: ctx.say(f"final {name}: {line}"))
+                res = train_reid(tcfg, fdir / "run", log=log)
             except TrainError as exc:
                 raise PruneoptError(f"final fine-tune of {name}: {exc}") from None
             val = (res.last or {}).get("val")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ..common.files import atomic_write
 from ..complexity import Complexity, count, count_module, parse_input
 from ..errors import PruneoptError
 from ..models import ModelSpec, get_arch, list_archs
@@ -146,10 +147,7 @@ def sample_cmd(arch, spec_path, input_, num_classes, last_stride, r_min, r_max, 
             sys.stdout.writelines(lines)
         else:
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            with open(tmp, "w") as f:
-                f.writelines(lines)
-            tmp.replace(out)
+            atomic_write(out, "".join(lines))
     ratio = samples.stats.ratio
     parent_m = space.parent_complexity.macs / 1e6
     click.echo(
