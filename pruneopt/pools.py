@@ -201,7 +201,8 @@ class RayActorPool(EvaluationPool):
             def evaluate(self, t: CandidateJob) -> Outcome:
                 return _evaluate(self.evaluator, t, self.worker)
 
-        self.actors = [EvalActor.remote(task, settings, threads) for _ in range(workers)]
+        self.actors = [EvalActor.remote(task, settings, threads)  # type: ignore[attr-defined]  # a Ray actor class
+                       for _ in range(workers)]
         self._free = list(self.actors)
         self._busy: dict[Any, Any] = {}
 

@@ -41,11 +41,13 @@ def _plots(store: Store, root: Path, regimes: list[float], xlabel: str) -> list[
         grid = np.linspace(min(x["error"] for x in init + ref), max(x["error"] for x in init + ref), 400)
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
         ax[0].plot(grid, edf(e_i, grid), label=f"initial (n={len(init)})")
-        ax[0].plot(grid, normalized_edf(e_i, [x["params"] for x in init], grid), "--", label="initial, normalised")
+        p_i = np.array([x["params"] for x in init])
+        ax[0].plot(grid, normalized_edf(e_i, p_i, grid), "--", label="initial, normalised")
         if ref:
             e_r = np.array([x["error"] for x in ref])
             ax[0].plot(grid, edf(e_r, grid), label=f"refined (n={len(ref)})")
-            ax[0].plot(grid, normalized_edf(e_r, [x["params"] for x in ref], grid), "--", label="refined, normalised")
+            p_r = np.array([x["params"] for x in ref])
+            ax[0].plot(grid, normalized_edf(e_r, p_r, grid), "--", label="refined, normalised")
         ax[0].set(xlabel=xlabel, ylabel="F(error)", title=f"error EDF at {r:g} of the parent's FLOPs")
         ax[0].legend(fontsize=8)
         for b in r_buckets(e_i, np.array([x["ratio"] for x in init])):

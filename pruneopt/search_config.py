@@ -42,7 +42,6 @@ class SearchConfig:
     def preset(cls, name: str, task: str = "classification", **values: Any) -> SearchConfig:
         """The config of the named preset of every section (e.g. ``quick``), with ``values`` on top."""
         base = {**preset_values(CommonConfig, name), **preset_values(get_task(task).section, name)}
-        base.pop("task", None)
         return cls(task, **{**base, **values})
 
     @classmethod

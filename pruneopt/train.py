@@ -73,7 +73,8 @@ def _generator(*seed: int) -> torch.Generator:
 
 
 def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)  # no weight decay on batch norm and biases
     return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
