@@ -3,10 +3,10 @@
     python bench/search_throughput.py [--arch resnet20] [-n 12] [--workers 2] [--parent DIR] [--json FILE]
 
 Evaluates the same ``n`` subnetworks (resnet20 at 0.5 +- 0.02 of its FLOPs on Fashion-MNIST, the search's default
-candidate budget: adaptive BN, 60 fine-tune steps, 2000 validation images) with each runner and prints wall time,
-candidates per hour and the overhead of each parallel runner (its start-up included) relative to ideal scaling of
-the in-process runner. Without ``--parent`` a randomly initialised parent is used: evaluation cost does not depend
-on the weights. The Ray row is skipped when Ray is not installed.
+candidate budget: adaptive BN, 60 fine-tune steps, 2000 validation images) with each evaluation pool
+(:mod:`pruneopt.pools`) and prints wall time, candidates per hour and the overhead of each parallel pool (its
+start-up included) relative to ideal scaling of the in-process one. Without ``--parent`` a randomly initialised
+parent is used: evaluation cost does not depend on the weights. The Ray row is skipped when Ray is not installed.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from pruneopt.checkpoint import save_subnet
-from pruneopt.evaluate import ClassificationSettings, DataSettings
 from pruneopt.models import build, get_arch
-from pruneopt.runners import make_runner
+from pruneopt.pools import make_evaluation_pool
 from pruneopt.space import PruningSpace, Regime
-from pruneopt.store import Task
+from pruneopt.store import CandidateJob
+from pruneopt.tasks.classification import ClassificationSection, ClassificationSettings, DataSettings
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=12, help="candidates per runner")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--parent", help="a trained parent folder (default: random init)")
-    ap.add_argument("--finetune-steps", type=int, default=60)
+    ap.add_argument("--finetune-steps", type=int, default=ClassificationSection.finetune_steps)
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -45,7 +45,7 @@ def main() -> None:
                                      Path(tmp) / "parent"))
         model_spec = build(get_arch(args.arch).default_spec(in_chans=1, num_classes=10)).spec
         specs = list(PruningSpace(model_spec, input_hw=(28, 28)).sample(args.n, Regime(0.5, 0.02), seed=0).specs())
-        tasks = [Task(i, s.to_json(), 1000 + i) for i, s in enumerate(specs)]
+        jobs = [CandidateJob(i, s.to_json(), 1000 + i) for i, s in enumerate(specs)]
         settings = ClassificationSettings(parent_dir=parent, data=DataSettings(),
                                           finetune_steps=args.finetune_steps).to_dict()
 
@@ -62,14 +62,14 @@ def main() -> None:
                     continue
             t0 = time.perf_counter()
             got: dict[int, float] = {}
-            with make_runner(backend, "classification", settings, workers, threads=1) as runner:
+            with make_evaluation_pool(backend, "classification", settings, workers, threads=1) as pool:
                 started = time.perf_counter()
-                runner.map(tasks, lambda t, w: None,
-                           lambda o, got=got: got.__setitem__(o.task.candidate_id, o.result.error))
+                pool.map(jobs, lambda j, w: None,
+                         lambda o, got=got: got.__setitem__(o.job.candidate_id, o.result.error))
             wall = time.perf_counter() - t0
-            errors[name] = [got[i] for i in range(len(tasks))]
+            errors[name] = [got[i] for i in range(len(jobs))]
             rows.append({"runner": name, "workers": workers, "wall_s": wall, "startup_s": started - t0,
-                         "candidates_per_hour": 3600 * len(tasks) / wall})
+                         "candidates_per_hour": 3600 * len(jobs) / wall})
             print(f"{name:<18} {wall:7.1f} s (start-up {started - t0:5.1f} s)  "
                   f"{rows[-1]['candidates_per_hour']:7.0f} candidates/hour", flush=True)
 

@@ -1,36 +1,30 @@
 """A search's report, rendered from its store alone: ``report.md``, PNG plots and ``summary.json``.
 
-Wording follows the run's task: classification errors are top-1 errors (and accuracy), re-ID errors are
-``1 - mAP`` (and mAP, rank-1) on a query/gallery split.
+The populations, R* and the plots are the same for every task; the wording of errors, the parent's paragraph and
+the winner-vs-baselines table come from the run's search task (:mod:`pruneopt.tasks`), found by the name in the
+stored config.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .analysis import edf, normalized_edf, r_buckets
+from .common.files import atomic_write, atomic_write_json
 from .store import Store
-
-SAME_QUERY_GALLERY_NOTE = (
-    "no separate --val-data: the candidates were scored, and the winner selected, on the same query/gallery "
-    "as the final test figures, so the winner's test mAP is optimistically biased"
-)
+from .tasks.base import SearchTask, fmt
+from .tasks.registry import get_task
 
 
-def _fmt(x: float | None, spec: str = ".4f") -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+def _task_name(cfg: dict[str, Any]) -> str:
+    return str(cfg.get("task", "classification"))  # runs made before there were tasks are classification runs
 
 
-def _task(cfg: dict[str, Any]) -> str:
-    return str(cfg.get("task", "classification"))
-
-
-def _plots(store: Store, root: Path, regimes: list[float], task: str = "classification") -> list[str]:
+def _plots(store: Store, root: Path, regimes: list[float], xlabel: str) -> list[str]:
+    # lazy: matplotlib (a second to import) only when a report is rendered
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,7 +32,6 @@ def _plots(store: Store, root: Path, regimes: list[float], task: str = "classifi
 
     files: list[str] = []
     stages = store.stages()
-    xlabel = "1 - validation mAP" if task == "reid" else "validation error"
     for r in regimes:
         init = store.rows("initial", r)
         ref = store.rows("refined", r)
@@ -48,11 +41,13 @@ def _plots(store: Store, root: Path, regimes: list[float], task: str = "classifi
         grid = np.linspace(min(x["error"] for x in init + ref), max(x["error"] for x in init + ref), 400)
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
         ax[0].plot(grid, edf(e_i, grid), label=f"initial (n={len(init)})")
-        ax[0].plot(grid, normalized_edf(e_i, [x["params"] for x in init], grid), "--", label="initial, normalised")
+        p_i = np.array([x["params"] for x in init])
+        ax[0].plot(grid, normalized_edf(e_i, p_i, grid), "--", label="initial, normalised")
         if ref:
             e_r = np.array([x["error"] for x in ref])
             ax[0].plot(grid, edf(e_r, grid), label=f"refined (n={len(ref)})")
-            ax[0].plot(grid, normalized_edf(e_r, [x["params"] for x in ref], grid), "--", label="refined, normalised")
+            p_r = np.array([x["params"] for x in ref])
+            ax[0].plot(grid, normalized_edf(e_r, p_r, grid), "--", label="refined, normalised")
         ax[0].set(xlabel=xlabel, ylabel="F(error)", title=f"error EDF at {r:g} of the parent's FLOPs")
         ax[0].legend(fontsize=8)
         for b in r_buckets(e_i, np.array([x["ratio"] for x in init])):
@@ -117,20 +112,10 @@ def summarize(store: Store) -> dict[str, Any]:
             "acceptance_refined": (stages.get(f"sampled:refined:{r:g}") or {}).get("acceptance_rate"),
         }
     finals = {k.split(":", 1)[1]: v for k, v in stages.items() if k.startswith("final:")}
-    task = _task(cfg)
-    extra: dict[str, Any] = {}
-    if task == "reid":
-        same = cfg.get("val_data") in (None, cfg["data"])  # the CLI stores both folders resolved
-        extra["selection"] = {
-            "candidates_scored_on": cfg.get("val_data") or cfg["data"],
-            "finals_scored_on": cfg["data"],
-            "same_query_gallery": same,
-            "note": (SAME_QUERY_GALLERY_NOTE if same else
-                     "candidates were scored on --val-data; the final figures on --data's query/gallery"),
-        }
+    task = get_task(_task_name(cfg))
     return {
-        "task": task,
-        "metric": "mAP" if task == "reid" else "top-1 accuracy",
+        "task": task.name,
+        "metric": task.metric,
         "config": cfg,
         "parent": stages.get("parent"),
         "regimes": per_regime,
@@ -139,36 +124,27 @@ def summarize(store: Store) -> dict[str, Any]:
         "candidates": store.counts(),
         "candidate_seconds_median": float(np.median(walls)) if walls else None,
         "candidates_per_hour_per_worker": 3600.0 / float(np.median(walls)) if walls else None,
-        **extra,
+        **task.summary_extra(cfg),
     }
 
 
 def render_report(store: Store, root: Path) -> dict[str, Any]:
     """Write ``report.md``, the plots and ``summary.json`` into ``root``; return the summary."""
     s = summarize(store)
+    task = get_task(s["task"])
     cfg = s["config"]
-    reid = s["task"] == "reid"
     regimes = [float(r) for r in cfg["regimes"]]
-    plots = _plots(store, root, regimes, s["task"])
-    (root / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
+    plots = _plots(store, root, regimes, task.error_label)
+    atomic_write_json(root / "summary.json", s)
+    atomic_write(root / "report.md", "\n".join(report_lines(s, task, plots)) + "\n")
+    return s
 
-    lines = [f"# Pruning-space search: {cfg['arch']} on {cfg['data']}" + (" (person re-ID)" if reid else ""), ""]
-    p = s["parent"]
-    if p and reid:
-        lines += [f"Parent ({p['source']}), as given (fresh GeM + BNNeck head, no fine-tune): mAP "
-                  f"{_fmt(p.get('val_map'))} on the candidates' query/gallery, test mAP {_fmt(p.get('test_map'))}.",
-                  ""]
-    elif p:
-        lines += [f"Parent: val error {_fmt(p['val_error'])}, test error {_fmt(p['test_error'])} ({p['source']}).", ""]
-    if reid:
-        sel = s["selection"]
-        size = "x".join(str(x) for x in cfg["size"])
-        lines += [f"Errors are 1 - mAP. Each candidate: {cfg['finetune_steps']} unsupervised TMP steps of "
-                  f"{'x'.join(str(x) for x in cfg['reid_batch'])} images at {size} on the training images of "
-                  f"{sel['candidates_scored_on']}, scored on its query/gallery. Finals: {cfg['final_steps']} steps "
-                  f"in {cfg['final_rounds']} rounds on {sel['finals_scored_on']}, scored on its query/gallery.", ""]
-        if sel["same_query_gallery"]:
-            lines += [f"**Note:** {sel['note']}.", ""]
+
+def report_lines(s: dict[str, Any], task: SearchTask, plots: list[str]) -> list[str]:
+    """The lines of ``report.md`` for the summary ``s``."""
+    cfg = s["config"]
+    lines = [f"# Pruning-space search: {cfg['arch']} on {cfg['data']}{task.title_suffix}", ""]
+    lines += task.report_intro(s)
     lines += ["## Populations", "",
               "| regime | initial n | refined n | best initial | best refined | R* [CI] | eps | KS p | "
               "search cost initial -> refined |",
@@ -176,37 +152,16 @@ def render_report(store: Store, root: Path) -> dict[str, Any]:
     for key, v in s["regimes"].items():
         rs, c = v["r_star"] or {}, v["compare"] or {}
         lines.append(
-            f"| {key} | {v['initial']} | {v['refined']} | {_fmt(v['best_initial'])} | {_fmt(v['best_refined'])} | "
-            f"{_fmt(rs.get('r_star'), '.1f')} [{_fmt(rs.get('ci_low'), '.1f')}, {_fmt(rs.get('ci_high'), '.1f')}] | "
-            f"{_fmt(rs.get('eps'), '.3f')} | {_fmt(c.get('ks_pvalue'), '.3g')} | "
-            f"{_fmt(c.get('cost_initial'), '.1f')} -> {_fmt(c.get('cost_refined'), '.1f')} |")
+            f"| {key} | {v['initial']} | {v['refined']} | {fmt(v['best_initial'])} | {fmt(v['best_refined'])} | "
+            f"{fmt(rs.get('r_star'), '.1f')} [{fmt(rs.get('ci_low'), '.1f')}, {fmt(rs.get('ci_high'), '.1f')}] | "
+            f"{fmt(rs.get('eps'), '.3f')} | {fmt(c.get('ks_pvalue'), '.3g')} | "
+            f"{fmt(c.get('cost_initial'), '.1f')} -> {fmt(c.get('cost_refined'), '.1f')} |")
     lines += ["", "Search cost: expected samples to draw one subnetwork at least as good as the initial space's "
               "top-5% validation error (1 / F(e5)); lower is better.", ""]
-    if s["finals"] and reid:
-        lines += ["## Winner vs baselines (same final fine-tune)", "",
-                  "| model | FLOPs fraction | MACs | params | R | test mAP | test rank-1 |",
-                  "|---|---|---|---|---|---|---|"]
-        for name in ("winner", "uniform", "global_l1"):
-            f = s["finals"].get(name)
-            if f:
-                lines.append(f"| {name} | {f['flops_fraction']:.3f} | {f['macs']:,} | {f['params']:,} | "
-                             f"{f['ratio']:.1f} | {_fmt(f.get('test_map'))} | {_fmt(f.get('test_rank1'))} |")
-        lines += ["", "The fine-tuned winner backbone is in `winner/`; each fine-tuned re-ID model (with its head) in "
-                  "`final/MODEL/run/model/`.", ""]
-    elif s["finals"]:
-        lines += ["## Winner vs baselines (same final fine-tune)", "",
-                  "| model | FLOPs fraction | MACs | params | R | val error | test error | test accuracy |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for name in ("winner", "uniform", "global_l1"):
-            f = s["finals"].get(name)
-            if f:
-                lines.append(f"| {name} | {f['flops_fraction']:.3f} | {f['macs']:,} | {f['params']:,} | "
-                             f"{f['ratio']:.1f} | {_fmt(f['val_error'])} | {_fmt(f['test_error'])} | "
-                             f"{_fmt(1 - f['test_error'])} |")
-        lines.append("")
+    if s["finals"]:
+        lines += task.report_finals(s)
     if s["candidate_seconds_median"]:
         lines += [f"Candidates: {s['candidates']}; median {s['candidate_seconds_median']:.1f} s each "
                   f"({s['candidates_per_hour_per_worker']:.0f} per hour per worker).", ""]
     lines += [f"![{name}]({name})" for name in plots]
-    (root / "report.md").write_text("\n".join(lines) + "\n")
-    return s
+    return lines

@@ -12,9 +12,7 @@ evaluated again. Only one process drives a run at a time (an exclusive lock on `
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .common.files import ExclusiveLock, LockBusy
 from .errors import PruneoptError
 
 SCHEMA_VERSION = 1
@@ -72,8 +71,8 @@ class RunInUse(PruneoptError):
 
 
 @dataclass(frozen=True)
-class Task:
-    """One candidate to evaluate (what a worker needs, and nothing from the database)."""
+class CandidateJob:
+    """One candidate to evaluate: what a worker needs, and nothing from the database."""
 
     candidate_id: int
     spec_json: str
@@ -114,7 +113,7 @@ class Store:
                 raise PruneoptError(f"{root} is not a search run (no search.db)")
         else:
             root.mkdir(parents=True, exist_ok=True)
-        lock = None if readonly else _lock(root / ".lock")
+        lock = None if readonly else _lock(root)
         store = cls(db_path, max_attempts)
         try:
             if config is not None:
@@ -125,7 +124,7 @@ class Store:
         finally:
             store.db.close()
             if lock is not None:
-                lock.close()
+                lock.release()
 
     def _check_config(self, config: dict[str, Any]) -> None:
         text = json.dumps(config, sort_keys=True)
@@ -177,13 +176,13 @@ class Store:
         with self.transaction():
             return self.db.execute("UPDATE candidates SET status = 'queued' WHERE status = 'running'").rowcount
 
-    def pending(self, space: str | None = None, regime: float | None = None) -> list[Task]:
+    def pending(self, space: str | None = None, regime: float | None = None) -> list[CandidateJob]:
         """Candidates still to evaluate: queued ones, and failed ones with attempts left, in id order."""
         sql = ("SELECT id, spec, seed FROM candidates WHERE (status = 'queued' OR (status = 'failed' AND "
                "attempts < ?))")
         args: list[Any] = [self.max_attempts]
         sql, args = _filter(sql, args, space, regime)
-        return [Task(r["id"], r["spec"], r["seed"]) for r in self.db.execute(sql + " ORDER BY id", args)]
+        return [CandidateJob(r["id"], r["spec"], r["seed"]) for r in self.db.execute(sql + " ORDER BY id", args)]
 
     def mark_running(self, candidate_id: int, worker: str) -> None:
         with self.transaction():
@@ -248,17 +247,10 @@ def _filter(sql: str, args: list[Any], space: str | None, regime: float | None) 
     return sql, args
 
 
-def _lock(path: Path):  # noqa: ANN202 - an open file holding the lock
-    f = open(path, "a+")  # noqa: SIM115 - kept open for the lock's lifetime
+def _lock(root: Path) -> ExclusiveLock:
+    """The run's exclusive lock (``root/.lock``, naming its holder); :class:`RunInUse` while another holds it."""
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise RunInUse(f"{path.parent} is being run by {holder}; wait for it to finish or stop it") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}")
-    f.flush()
-    return f
+        return ExclusiveLock(root / ".lock")
+    except LockBusy as exc:
+        raise RunInUse(f"{root} is being run by {exc.holder or 'another process'}; wait for it to finish or stop "
+                       "it") from None

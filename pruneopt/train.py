@@ -9,9 +9,9 @@ another process, gives bit-identical results on the same machine and thread coun
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common.files import atomic_write
 from .data.fashion_mnist import MEAN, STD, Split
 
 
@@ -72,7 +73,8 @@ def _generator(*seed: int) -> torch.Generator:
 
 
 def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         (no_decay if p.dim() <= 1 else decay).append(p)  # no weight decay on batch norm and biases
     return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
@@ -123,9 +125,8 @@ def train(
             if progress is not None:
                 progress(step + 1, total, loss.item())
         if ckpt is not None:
-            tmp = ckpt.with_name(ckpt.name + ".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}, tmp)
-            os.replace(tmp, ckpt)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}
+            atomic_write(ckpt, partial(torch.save, state))
     return model
 
 

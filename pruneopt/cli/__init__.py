@@ -1,17 +1,23 @@
-"""The ``pruneopt`` command line.
+"""The ``pruneopt`` command line: one group, its commands defined in :mod:`.structure` (count, space, sample),
+:mod:`.search_cmds` (search, analyze) and :mod:`.deploy` (export, bench), which do not import the group.
 
-Bad input never ends in a traceback: a :class:`~pruneopt.errors.PruneoptError` or a usage error prints one line,
-``pruneopt: error: ...``, on stderr and exits with status 2.
+Errors follow :func:`pruneopt.common.cli.run_cli`: bad input (a :class:`~pruneopt.errors.PruneoptError` or a usage
+error) prints one line, ``pruneopt: error: ...``, on stderr and exits with status 2; anything else is a bug and keeps
+its traceback (status 1).
 """
 
 from __future__ import annotations
 
-import sys
+from typing import NoReturn
 
 import click
 
 from .. import __version__
+from ..common.cli import run_cli
 from ..errors import PruneoptError
+from .deploy import bench_cmd, export_cmd
+from .search_cmds import analyze_cmd, search_cmd
+from .structure import count_cmd, sample_cmd, space_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -24,27 +30,10 @@ def cli() -> None:
     """
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print ``message`` as one line on stderr and exit with ``code``."""
-    one_line = " ".join(str(message).split())
-    click.echo(f"pruneopt: error: {one_line}", err=True)
-    sys.exit(code)
+for _command in (count_cmd, space_cmd, sample_cmd, search_cmd, analyze_cmd, export_cmd, bench_cmd):
+    cli.add_command(_command)
 
 
-def main(argv: list[str] | None = None) -> None:
-    try:
-        rv = cli.main(args=argv, prog_name="pruneopt", standalone_mode=False)
-    except click.exceptions.Abort:
-        fail("interrupted", 130)
-    except click.UsageError as exc:
-        fail(exc.format_message())
-    except click.ClickException as exc:
-        fail(exc.format_message(), exc.exit_code)
-    except PruneoptError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    sys.exit(rv if isinstance(rv, int) else 0)
-
-
-from . import deploy, search_cmds, structure  # noqa: E402,F401  (registers the commands)
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the ``pruneopt`` command line with ``argv`` (default: ``sys.argv[1:]``); exits."""
+    run_cli(cli, "pruneopt", argv, (PruneoptError,))

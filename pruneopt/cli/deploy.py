@@ -8,13 +8,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
+from export.bench import BenchModel, describe_model, run_bench
+from export.inputs import load_calibration
+from export.metadata import default_mean_std, read_metadata
+from export.onnx import export_onnx, load_model
+from export.tensorrt import BatchProfile, EngineConfig, build_engine, import_tensorrt
+
+from ..checkpoint import save_subnet
+from ..common.params import parse_int_list, parse_shape
 from ..errors import PruneoptError
-from ..models import list_archs
-from . import cli
+from ..models import ModelSpec, get_arch, list_archs
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -26,7 +35,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
         raise PruneoptError(f"{what} must be comma-separated numbers like 0.485,0.456,0.406, got {text!r}") from None
 
 
-@cli.command("export")
+@click.command("export")
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--arch", default=None, metavar="NAME",
               help="Export the unpruned reference network with random weights instead of PATH "
@@ -68,9 +77,7 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TensorRT timing-cache file, read and updated. Default: timing.cache next to the engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def export_cmd(path, arch, num_classes, last_stride, features_only, want_onnx, want_trt, fp16, out, engine,  # noqa: ANN001
-               input_, opset, exporter, slim, normalize, mean, std, calib, verify_batches, tolerance, no_verify,
-               max_batch, trt_min_batch, trt_opt_batch, trt_max_batch, workspace_mb, timing_cache, as_json) -> None:
+def export_cmd(**options: Any) -> None:
     """Export a subnetwork (a run's winner/, or any spec.json + weights folder) to verified ONNX, and optionally
     a TensorRT engine. PATH may also be an exported .onnx, to build its engine with --trt.
 
@@ -79,81 +86,114 @@ def export_cmd(path, arch, num_classes, last_stride, features_only, want_onnx, w
     pruneopt export --arch resnet50 --features-only --last-stride 1 --normalize --input 3x256x128 --out r50.onnx
     pruneopt export winner.onnx --trt --fp16 --trt-max-batch 128
     """
-    from export.inputs import parse_batches, parse_shape
-    from export.metadata import read_metadata
-
-    if fp16 and not want_trt:
+    o = ExportOptions(**options)
+    if o.fp16 and not o.want_trt:
         raise PruneoptError("--fp16 applies to TensorRT engines: add --trt")
-    onnx_given = path is not None and path.suffix == ".onnx"
-    if onnx_given and (want_onnx or arch):
-        raise PruneoptError(f"{path} is already an ONNX file: pass --trt to build its engine")
-    if onnx_given and not want_trt:
-        raise PruneoptError(f"{path} is already an ONNX file: pass --trt to build its engine, or give a subnetwork "
+    onnx_given = o.path is not None and o.path.suffix == ".onnx"
+    if onnx_given and (o.want_onnx or o.arch):
+        raise PruneoptError(f"{o.path} is already an ONNX file: pass --trt to build its engine")
+    if onnx_given and not o.want_trt:
+        raise PruneoptError(f"{o.path} is already an ONNX file: pass --trt to build its engine, or give a subnetwork "
                             "folder to export")
-    result: dict = {}
-    if want_trt:
-        from export.tensorrt import import_tensorrt
-
+    result: dict[str, Any] = {}
+    if o.want_trt:
         import_tensorrt()  # fail before a long export when TensorRT is missing
     if onnx_given:
-        onnx_path = path
-        meta = read_metadata(onnx_path)
+        assert o.path is not None
+        onnx_path, meta = o.path, read_metadata(o.path)
     else:
-        from export.inputs import load_calibration
-        from export.onnx import export_onnx, load_model
-        from pruneopt.models import get_arch
-
-        given = parse_shape(input_) if input_ else None
-        model = load_model(path, arch, in_chans=given[0] if given and arch else None, num_classes=num_classes,
-                           last_stride=last_stride, features_only=features_only)
-        spec = model.spec
-        shape = given or (spec.in_chans, *get_arch(spec.arch).default_input[1:])
-        onnx_path = out or (Path(path) / "model.onnx" if path is not None and Path(path).is_dir()
-                            else Path(f"{arch or spec.arch}.onnx"))
-        m, s = _floats(mean, "--mean"), _floats(std, "--std")
-        if (m is None) != (s is None):
-            raise PruneoptError("give both --mean and --std, or neither")
-        if m is None:
-            from export.metadata import default_mean_std
-
-            m, s = default_mean_std(shape[0])
-        real = load_calibration(calib, shape, m, s) if calib is not None else None
-        res = export_onnx(model, onnx_path, shape, opset=opset, exporter=exporter, slim=slim, normalize=normalize,
-                          mean=m, std=s, verify=not no_verify, batches=parse_batches(verify_batches),
-                          tolerance=tolerance, calib=real, max_batch=max_batch)
-        meta = res.metadata
-        result.update(onnx=str(res.path), exporter=res.exporter, fallback_reason=res.fallback_reason,
-                      seconds=round(res.seconds, 2),
-                      verification=res.verification.to_dict() if res.verification else None)
-        if not as_json:
-            click.echo(f"{spec.arch} ({spec.hash()}) -> {res.path}: {res.exporter} exporter"
-                       + (f" (fallback: {res.fallback_reason})" if res.fallback_reason else "")
-                       + f", opset {meta.opset}, input {'x'.join(map(str, shape))}, output {meta.output_kind}"
-                       f"[{meta.output_dim}]{' L2-normalised' if normalize else ''}, {res.seconds:.1f} s"
-                       + (" (random weights: --arch exports the untrained reference network)" if arch else ""))
-            if res.verification:
-                for line in res.verification.lines():
-                    click.echo("  " + line)
-                click.echo(f"  verified: worst relative error {res.verification.worst.rel:.2e} <= {tolerance:g}")
+        onnx_path, meta = _export_onnx(o, result)
     result["metadata"] = meta.to_props()
-    if want_trt:
-        from export.tensorrt import BatchProfile, EngineConfig, build_engine
-
-        engine_path = engine or onnx_path.with_name(onnx_path.stem + ("-fp16" if fp16 else "") + ".engine")
-        cfg = EngineConfig(BatchProfile(trt_min_batch, trt_opt_batch, trt_max_batch), fp16=fp16,
-                           workspace_mb=workspace_mb, timing_cache=timing_cache or engine_path.parent / "timing.cache")
-        built = build_engine(onnx_path, engine_path, cfg, log=lambda msg: click.echo(msg, err=True))
-        result.update(engine=str(built.path), engine_sidecar=built.sidecar)
-        if not as_json:
-            side = built.sidecar
-            click.echo(f"TensorRT {side['tensorrt_version']} engine -> {built.path} ({side['precision']}"
-                       f"{', ' + built.fp16_mode if built.fp16_mode else ''}, batch {trt_min_batch}/{trt_opt_batch}/"
-                       f"{trt_max_batch}, {side['engine_bytes'] / 2**20:.1f} MiB)")
-    if as_json:
+    if o.want_trt:
+        _build_engine(o, onnx_path, result)
+    if o.as_json:
         click.echo(json.dumps(result))
 
 
-@cli.command("bench")
+@dataclass(frozen=True)
+class ExportOptions:
+    """The options of ``pruneopt export``."""
+
+    path: Path | None
+    arch: str | None
+    num_classes: int | None
+    last_stride: int | None
+    features_only: bool
+    want_onnx: bool
+    want_trt: bool
+    fp16: bool
+    out: Path | None
+    engine: Path | None
+    input_: str | None
+    opset: int
+    exporter: str
+    slim: bool
+    normalize: bool
+    mean: str | None
+    std: str | None
+    calib: Path | None
+    verify_batches: str
+    tolerance: float
+    no_verify: bool
+    max_batch: int
+    trt_min_batch: int
+    trt_opt_batch: int
+    trt_max_batch: int
+    workspace_mb: int
+    timing_cache: Path | None
+    as_json: bool
+
+
+def _export_onnx(o: ExportOptions, result: dict[str, Any]) -> tuple[Path, Any]:
+    """Export (and verify) the model the options name; its facts go into ``result``. Returns the path and the
+    metadata written."""
+    given = parse_shape(o.input_) if o.input_ else None
+    model = load_model(o.path, o.arch, in_chans=given[0] if given and o.arch else None, num_classes=o.num_classes,
+                       last_stride=o.last_stride, features_only=o.features_only)
+    spec = model.spec
+    shape = given or (spec.in_chans, *get_arch(spec.arch).default_input[1:])
+    onnx_path = o.out or (Path(o.path) / "model.onnx" if o.path is not None and Path(o.path).is_dir()
+                          else Path(f"{o.arch or spec.arch}.onnx"))
+    m, s = _floats(o.mean, "--mean"), _floats(o.std, "--std")
+    if (m is None) != (s is None):
+        raise PruneoptError("give both --mean and --std, or neither")
+    if m is None or s is None:
+        m, s = default_mean_std(shape[0])
+    real = load_calibration(o.calib, shape, m, s) if o.calib is not None else None
+    res = export_onnx(model, onnx_path, shape, opset=o.opset, exporter=o.exporter, slim=o.slim, normalize=o.normalize,
+                      mean=m, std=s, verify=not o.no_verify, batches=parse_int_list(o.verify_batches),
+                      tolerance=o.tolerance, calib=real, max_batch=o.max_batch)
+    meta = res.metadata
+    result.update(onnx=str(res.path), exporter=res.exporter, fallback_reason=res.fallback_reason,
+                  seconds=round(res.seconds, 2), verification=res.verification.to_dict() if res.verification else None)
+    if not o.as_json:
+        click.echo(f"{spec.arch} ({spec.hash()}) -> {res.path}: {res.exporter} exporter"
+                   + (f" (fallback: {res.fallback_reason})" if res.fallback_reason else "")
+                   + f", opset {meta.opset}, input {'x'.join(map(str, shape))}, output {meta.output_kind}"
+                   f"[{meta.output_dim}]{' L2-normalised' if o.normalize else ''}, {res.seconds:.1f} s"
+                   + (" (random weights: --arch exports the untrained reference network)" if o.arch else ""))
+        if res.verification:
+            for line in res.verification.lines():
+                click.echo("  " + line)
+            click.echo(f"  verified: worst relative error {res.verification.worst.rel:.2e} <= {o.tolerance:g}")
+    return onnx_path, meta
+
+
+def _build_engine(o: ExportOptions, onnx_path: Path, result: dict[str, Any]) -> None:
+    """Build the TensorRT engine of ``onnx_path``; its facts go into ``result``."""
+    engine_path = o.engine or onnx_path.with_name(onnx_path.stem + ("-fp16" if o.fp16 else "") + ".engine")
+    cfg = EngineConfig(BatchProfile(o.trt_min_batch, o.trt_opt_batch, o.trt_max_batch), fp16=o.fp16,
+                       workspace_mb=o.workspace_mb, timing_cache=o.timing_cache or engine_path.parent / "timing.cache")
+    built = build_engine(onnx_path, engine_path, cfg, log=lambda msg: click.echo(msg, err=True))
+    result.update(engine=str(built.path), engine_sidecar=built.sidecar)
+    if not o.as_json:
+        side = built.sidecar
+        click.echo(f"TensorRT {side['tensorrt_version']} engine -> {built.path} ({side['precision']}"
+                   f"{', ' + built.fp16_mode if built.fp16_mode else ''}, batch {o.trt_min_batch}/{o.trt_opt_batch}/"
+                   f"{o.trt_max_batch}, {side['engine_bytes'] / 2**20:.1f} MiB)")
+
+
+@click.command("bench")
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--arch", default=None, metavar="NAME",
               help="Add the unpruned reference network (random weights) as the first model, with the options "
@@ -191,9 +231,6 @@ def bench_cmd(models, arch, runtimes, batches, input_, warmup, iters, seconds, t
     \b
     pruneopt bench --arch resnet50 runs/x/winner --input 3x256x128 --runtimes torch,ort-cpu --batch 1,32
     """
-    from export.bench import BenchModel, describe_model, run_bench
-    from export.inputs import parse_batches, parse_shape
-
     _rerun_with_passive_omp(spin)
     if not models and arch is None:
         raise PruneoptError("give at least one MODEL (subnetwork folder, .onnx or .engine), or --arch NAME")
@@ -202,10 +239,6 @@ def bench_cmd(models, arch, runtimes, batches, input_, warmup, iters, seconds, t
     tmp_ref = None
     try:
         if arch is not None:
-            from export.onnx import load_model
-            from pruneopt.checkpoint import save_subnet
-            from pruneopt.models import get_arch
-
             a = get_arch(arch)
             options = _parent_options(models, a.name)
             options.setdefault("in_chans", shape[0] if shape else a.default_input[0])
@@ -218,7 +251,7 @@ def bench_cmd(models, arch, runtimes, batches, input_, warmup, iters, seconds, t
             bm = describe_model(m)
             bm.normalize = bm.normalize or normalize
             bms.append(bm)
-        result = run_bench(bms, [r.strip() for r in runtimes.split(",") if r.strip()], parse_batches(batches),
+        result = run_bench(bms, [r.strip() for r in runtimes.split(",") if r.strip()], parse_int_list(batches),
                            input_shape=shape, warmup=warmup, iters=iters, seconds=seconds, threads=threads,
                            spin=spin, memory=memory, exporter=exporter, fp16=fp16, work_dir=work_dir,
                            log=lambda msg: click.echo(msg, err=True))
@@ -259,8 +292,6 @@ def _rerun_with_passive_omp(spin: bool) -> None:
 def _parent_options(models: tuple[Path, ...], arch: str) -> dict:
     """The options (channels, classes, last stride, features-only) of the first subnetwork of ``arch`` given,
     so that ``--arch`` builds the unpruned parent of the subnetworks being compared."""
-    from pruneopt.models import ModelSpec
-
     for m in models:
         folder = m.parent if m.suffix == ".json" else m
         if (folder / "spec.json").is_file():

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
+from ..common.files import atomic_write
 from ..complexity import Complexity, count, count_module, parse_input
 from ..errors import PruneoptError
 from ..models import ModelSpec, get_arch, list_archs
 from ..space import PruningSpace, Regime
-from . import cli
 
 
 def _spec_options(f):  # noqa: ANN001, ANN202 - decorator
@@ -51,7 +51,7 @@ def resolve_spec(arch: str | None, spec_path: Path | None, input_: str | None, n
     return spec, shape
 
 
-@cli.command("count")
+@click.command("count")
 @_spec_options
 @click.option("--check", is_flag=True, help="Also count with hooks on the built module; fail if the counts differ.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -88,7 +88,7 @@ def _space_options(f):  # noqa: ANN001, ANN202
     return f
 
 
-@cli.command("space")
+@click.command("space")
 @_spec_options
 @_space_options
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as a JSON list.")
@@ -117,7 +117,7 @@ def space_cmd(arch, spec_path, input_, num_classes, last_stride, r_min, r_max, r
     Console(width=160).print(table)
 
 
-@cli.command("sample")
+@click.command("sample")
 @_spec_options
 @_space_options
 @click.option("--regime", type=float, required=True, help="Target fraction of the parent's FLOPs, in (0, 1].")
@@ -147,10 +147,7 @@ def sample_cmd(arch, spec_path, input_, num_classes, last_stride, r_min, r_max, 
             sys.stdout.writelines(lines)
         else:
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            with open(tmp, "w") as f:
-                f.writelines(lines)
-            tmp.replace(out)
+            atomic_write(out, "".join(lines))
     ratio = samples.stats.ratio
     parent_m = space.parent_complexity.macs / 1e6
     click.echo(

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 
-from pruneopt.evaluate import DataSettings
 from pruneopt.report import render_report
 from pruneopt.search import Context, SearchConfig, stage_analysis, stage_compare
 from pruneopt.store import Store
@@ -34,7 +33,7 @@ def test_r_star_per_regime_and_the_report(tmp_path) -> None:
     cfg = SearchConfig(regimes=(0.25, 0.5, 0.75), samples=200, refined_samples=200, n_boot=300)
     planted = {0.25: 90.0, 0.5: 120.0, 0.75: 160.0}  # the winning ratio moves with the regime here
     with Store.open(tmp_path, cfg.to_dict()) as store:
-        ctx = Context(cfg, tmp_path, store, DataSettings())
+        ctx = Context(cfg, tmp_path, store)
         for k, (regime, r_opt) in enumerate(planted.items()):
             fill(store, "initial", regime, r_opt, 200, seed=k, band=None)
             a = stage_analysis(ctx, regime)

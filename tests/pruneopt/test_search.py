@@ -181,9 +181,9 @@ def test_candidate_latency_is_measured_in_onnx_runtime(fake_data, tmp_path) -> N
     import torch
 
     from pruneopt.checkpoint import save_subnet
-    from pruneopt.evaluate import ClassificationEvaluator, ClassificationSettings, DataSettings
     from pruneopt.models import build, default_spec
     from pruneopt.space import PruningSpace, Regime
+    from pruneopt.tasks.classification import ClassificationEvaluator, ClassificationSettings, DataSettings
 
     parent = build(default_spec("resnet20", in_chans=1, num_classes=10))
     save_subnet(parent, tmp_path / "parent")

@@ -17,8 +17,10 @@ from pruneopt.checkpoint import load_subnet, save_subnet
 from pruneopt.cli import cli, main
 from pruneopt.complexity import count
 from pruneopt.models import ModelSpec, build, default_spec
-from pruneopt.search import SearchConfig, _seed
+from pruneopt.search_config import SearchConfig
+from pruneopt.seeds import derive_seed
 from pruneopt.store import Store
+from pruneopt.tasks.registry import get_task
 from pruneopt.thinning import thin
 
 pytest.importorskip("faiss")
@@ -26,6 +28,7 @@ pytest.importorskip("faiss")
 from reidserve.cluster import ClusterConfig  # noqa: E402
 from reidserve.data.synth import SynthConfig, generate  # noqa: E402
 from reidserve.model import load_reid_model  # noqa: E402
+from reidserve.search_task import ReidSettings  # noqa: E402
 from reidserve.train import finetune_and_score  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,9 +105,6 @@ def test_summary_has_map_finals_and_a_loadable_winner_in_the_regime(run: Path) -
 
 
 def test_candidate_errors_are_one_minus_the_recomputed_map(run: Path, tiny: Path) -> None:
-    from pruneopt.evaluate import make_evaluator
-    from pruneopt.evaluate_reid import ReidSettings
-
     rows = candidates(run)
     assert len(rows) == 8 and all(0.0 <= r["error"] <= 1.0 for r in rows)
     row = rows[-1]  # a refined candidate
@@ -114,7 +114,7 @@ def test_candidate_errors_are_one_minus_the_recomputed_map(run: Path, tiny: Path
     try:
         settings = ReidSettings(parent_dir=str(run / "parent"), data=str(tiny), steps=2, size=(64, 32), batch=(4, 2),
                                 k1=6, k2=2, cluster_eps=0.4, outliers="singleton")
-        assert make_evaluator("reid", settings.to_dict()).evaluate(spec, row["seed"]).error == row["error"]
+        assert get_task("reid").make_evaluator(settings.to_dict()).evaluate(spec, row["seed"]).error == row["error"]
         m_ap = finetune_and_score(thin(load_subnet(run / "parent"), spec), tiny, 2, row["seed"], size=(64, 32), **FT)
     finally:
         torch.set_num_threads(before)
@@ -124,7 +124,7 @@ def test_candidate_errors_are_one_minus_the_recomputed_map(run: Path, tiny: Path
 def test_the_winners_final_is_finetune_and_score_with_the_final_budget(run: Path, tiny: Path) -> None:
     s = summary(run)
     spec = ModelSpec.from_dict(s["finals"]["winner"]["spec"])
-    m_ap = finetune_and_score(thin(load_subnet(run / "parent"), spec), tiny, 4, _seed(0, "final"), rounds=2,
+    m_ap = finetune_and_score(thin(load_subnet(run / "parent"), spec), tiny, 4, derive_seed(0, "final"), rounds=2,
                               size=(64, 32), **FT)
     assert s["finals"]["winner"]["test_map"] == m_ap
 
@@ -223,7 +223,8 @@ def test_help_describes_the_reid_task() -> None:
 
 def test_config_round_trip_and_classification_configs_unchanged() -> None:
     reid = SearchConfig.quick(task="reid", data="/d", parent="/p", size=(64, 32))
-    assert reid.finetune_steps == 20 and reid.reid_batch == (8, 4) and reid.finetune_lr == 3.5e-4
+    assert reid.section.finetune_steps == 20 and reid.section.reid_batch == (8, 4)
+    assert reid.section.finetune_lr == 3.5e-4
     assert SearchConfig.from_dict(json.loads(json.dumps(reid.to_dict()))) == reid
     cls = SearchConfig().to_dict()
     assert cls["finetune_steps"] == 60 and cls["finetune_lr"] == 0.01
@@ -231,7 +232,8 @@ def test_config_round_trip_and_classification_configs_unchanged() -> None:
 
 
 def test_importing_pruneopt_does_not_import_reidserve() -> None:
-    code = ("import sys, pruneopt, pruneopt.search, pruneopt.evaluate, pruneopt.cli; "
-            "bad = [m for m in ('reidserve', 'faiss', 'pruneopt.evaluate_reid') if m in sys.modules]; "
+    code = ("import sys, pruneopt, pruneopt.search, pruneopt.evaluate, pruneopt.cli, pruneopt.pools; "
+            "from pruneopt.tasks.registry import get_task; get_task('classification'); "
+            "bad = [m for m in ('reidserve', 'faiss', 'reidserve.search_task') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

@@ -1,9 +1,12 @@
-"""Where candidates are evaluated: in this process, in a local process pool, or on a Ray cluster.
+"""Evaluation pools: where candidates are evaluated -- in this process, in a local process pool, or on Ray actors.
 
-Every runner evaluates the same :class:`~pruneopt.store.Task` objects with an evaluator built once per worker from
-``(task name, settings)``; the driver (this process) is the only writer of the results store. A worker sets its
-torch thread count explicitly (``threads``), so ``N`` workers on ``N * threads`` cores do not oversubscribe them, and
-runs with equal thread counts give identical results whichever runner is used.
+(Not to be confused with :mod:`export.runners`, which run an exported model in one inference runtime.)
+
+Every pool evaluates the same :class:`~pruneopt.store.CandidateJob` objects with an evaluator built once per
+worker by the search task named ``task`` from ``settings`` (:func:`pruneopt.tasks.registry.get_task`); the driver
+(this process) is the only writer of the results store. A worker sets its torch thread count explicitly
+(``threads``), so ``N`` workers on ``N * threads`` cores do not oversubscribe them, and runs with equal thread
+counts give identical results whichever pool is used.
 """
 
 from __future__ import annotations
@@ -13,49 +16,57 @@ import socket
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
 import torch
 
+from .common.threads import torch_threads
 from .errors import PruneoptError
-from .evaluate import EvalResult, Evaluator, make_evaluator
+from .evaluate import EvalResult, Evaluator
 from .models import ModelSpec
-from .store import Store, Task
+from .store import CandidateJob, Store
+from .tasks.registry import get_task
 
 
 @dataclass(frozen=True)
 class Outcome:
-    task: Task
+    job: CandidateJob
     result: EvalResult | None  # None when the evaluation raised
     message: str | None
     worker: str
 
 
-def _evaluate(evaluator: Evaluator, task: Task, worker: str) -> Outcome:
+def _evaluate(evaluator: Evaluator, job: CandidateJob, worker: str) -> Outcome:
     try:
-        return Outcome(task, evaluator.evaluate(ModelSpec.from_json(task.spec_json), task.seed), None, worker)
+        return Outcome(job, evaluator.evaluate(ModelSpec.from_json(job.spec_json), job.seed), None, worker)
     except Exception as exc:  # recorded in the store and retried a bounded number of times
         tb = traceback.format_exc(limit=4)
-        return Outcome(task, None, f"{type(exc).__name__}: {exc}\n{tb}", worker)
+        return Outcome(job, None, f"{type(exc).__name__}: {exc}\n{tb}", worker)
 
 
 def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-class Runner:
-    """Submit tasks and collect outcomes; subclasses implement :meth:`_submit` and :meth:`_wait`."""
+def make_evaluator(task: str, settings: dict[str, Any]) -> Evaluator:
+    """The evaluator of the search task ``task``, built from ``settings`` (in a worker)."""
+    return get_task(task).make_evaluator(settings)
+
+
+class EvaluationPool:
+    """Submit candidate jobs and collect outcomes; subclasses implement :meth:`_submit` and :meth:`_wait`."""
 
     workers: int = 1
 
     @property
     def window(self) -> int:
-        """How many tasks to keep in flight."""
+        """How many jobs to keep in flight."""
         return self.workers
 
-    def __enter__(self) -> Runner:
+    def __enter__(self) -> EvaluationPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -64,16 +75,16 @@ class Runner:
     def close(self) -> None:
         pass
 
-    def map(self, tasks: Iterable[Task], on_start: Callable[[Task, str], None],
+    def map(self, jobs: Iterable[CandidateJob], on_start: Callable[[CandidateJob, str], None],
             on_done: Callable[[Outcome], None]) -> None:
-        """Evaluate ``tasks`` keeping at most ``window`` in flight; call back as each starts and finishes."""
-        queue = list(tasks)
-        inflight: dict[Any, Task] = {}
+        """Evaluate ``jobs`` keeping at most ``window`` in flight; call back as each starts and finishes."""
+        queue = list(jobs)
+        inflight: dict[Any, CandidateJob] = {}
         while queue or inflight:
             while queue and len(inflight) < self.window:
-                task = queue.pop(0)
-                on_start(task, self.name)
-                inflight[self._submit(task)] = task
+                job = queue.pop(0)
+                on_start(job, self.name)
+                inflight[self._submit(job)] = job
             for handle, outcome in self._wait(list(inflight)):
                 inflight.pop(handle)
                 on_done(outcome)
@@ -82,32 +93,37 @@ class Runner:
     def name(self) -> str:
         return type(self).__name__
 
-    def _submit(self, task: Task) -> Any:
+    def _submit(self, job: CandidateJob) -> Any:
         raise NotImplementedError
 
     def _wait(self, handles: list[Any]) -> list[tuple[Any, Outcome]]:
         raise NotImplementedError
 
 
-class InProcessRunner(Runner):
-    """Evaluate in the driver process, one candidate at a time (``--workers 1``)."""
+class InProcessPool(EvaluationPool):
+    """Evaluate in the driver process, one candidate at a time (``--workers 1``); ``threads`` torch threads while
+    the pool is open."""
 
     def __init__(self, task: str, settings: dict[str, Any], threads: int | None = None) -> None:
-        self._threads_before = torch.get_num_threads()
-        torch.set_num_threads(threads or default_threads(1))
-        self.evaluator = make_evaluator(task, settings)
+        self._threads = ExitStack()
+        self._threads.enter_context(torch_threads(threads or default_threads(1)))
+        try:
+            self.evaluator = make_evaluator(task, settings)
+        except BaseException:
+            self._threads.close()
+            raise
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._done: dict[int, Outcome] = {}
 
-    def _submit(self, task: Task) -> int:
-        self._done[task.candidate_id] = _evaluate(self.evaluator, task, self.worker)
-        return task.candidate_id
+    def _submit(self, job: CandidateJob) -> int:
+        self._done[job.candidate_id] = _evaluate(self.evaluator, job, self.worker)
+        return job.candidate_id
 
     def _wait(self, handles: list[int]) -> list[tuple[int, Outcome]]:
         return [(h, self._done.pop(h)) for h in handles]
 
     def close(self) -> None:
-        torch.set_num_threads(self._threads_before)
+        self._threads.close()
 
 
 _WORKER: tuple[Evaluator, str] | None = None
@@ -119,12 +135,12 @@ def _init_worker(task: str, settings: dict[str, Any], threads: int) -> None:
     _WORKER = (make_evaluator(task, settings), f"{socket.gethostname()}:{os.getpid()}")
 
 
-def _run_in_worker(task: Task) -> Outcome:
+def _run_in_worker(job: CandidateJob) -> Outcome:
     assert _WORKER is not None, "worker not initialised"
-    return _evaluate(_WORKER[0], task, _WORKER[1])
+    return _evaluate(_WORKER[0], job, _WORKER[1])
 
 
-class LocalRunner(Runner):
+class LocalProcessPool(EvaluationPool):
     """A pool of ``workers`` local processes (spawned, so each starts clean), ``threads`` torch threads each."""
 
     def __init__(self, task: str, settings: dict[str, Any], workers: int, threads: int | None = None) -> None:
@@ -136,10 +152,10 @@ class LocalRunner(Runner):
 
     @property
     def window(self) -> int:
-        return 2 * self.workers  # a queued task per worker keeps the pool busy while results are recorded
+        return 2 * self.workers  # a queued job per worker keeps the pool busy while results are recorded
 
-    def _submit(self, task: Task) -> Future:
-        return self.pool.submit(_run_in_worker, task)
+    def _submit(self, job: CandidateJob) -> Future:
+        return self.pool.submit(_run_in_worker, job)
 
     def _wait(self, handles: list[Future]) -> list[tuple[Future, Outcome]]:
         done, _ = wait(handles, return_when=FIRST_COMPLETED)
@@ -149,7 +165,7 @@ class LocalRunner(Runner):
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class RayRunner(Runner):
+class RayActorPool(EvaluationPool):
     """``workers`` Ray actors (``threads`` CPUs each), on a local Ray or the cluster at ``address``.
 
     Every node needs pruneopt installed and the data reachable at the same path (the settings carry paths).
@@ -182,16 +198,17 @@ class RayRunner(Runner):
                 self.evaluator = make_evaluator(task, settings)
                 self.worker = f"ray:{socket.gethostname()}:{os.getpid()}"
 
-            def evaluate(self, t: Task) -> Outcome:
+            def evaluate(self, t: CandidateJob) -> Outcome:
                 return _evaluate(self.evaluator, t, self.worker)
 
-        self.actors = [EvalActor.remote(task, settings, threads) for _ in range(workers)]
+        self.actors = [EvalActor.remote(task, settings, threads)  # type: ignore[attr-defined]  # a Ray actor class
+                       for _ in range(workers)]
         self._free = list(self.actors)
         self._busy: dict[Any, Any] = {}
 
-    def _submit(self, task: Task) -> Any:
-        actor = self._free.pop(0)  # the window is one task per actor
-        ref = actor.evaluate.remote(task)
+    def _submit(self, job: CandidateJob) -> Any:
+        actor = self._free.pop(0)  # the window is one job per actor
+        ref = actor.evaluate.remote(job)
         self._busy[ref] = actor
         return ref
 
@@ -210,28 +227,29 @@ class RayRunner(Runner):
             self.ray.shutdown()
 
 
-def make_runner(backend: str, task: str, settings: dict[str, Any], workers: int, threads: int | None = None,
-                address: str | None = None) -> Runner:
+def make_evaluation_pool(backend: str, task: str, settings: dict[str, Any], workers: int,
+                         threads: int | None = None, address: str | None = None) -> EvaluationPool:
+    """The pool of ``backend`` (``local``: in this process for one worker, else processes; ``ray``: actors)."""
     if backend == "local":
         if workers == 1:
-            return InProcessRunner(task, settings, threads)
-        return LocalRunner(task, settings, workers, threads)
+            return InProcessPool(task, settings, threads)
+        return LocalProcessPool(task, settings, workers, threads)
     if backend == "ray":
-        return RayRunner(task, settings, workers, threads, address)
+        return RayActorPool(task, settings, workers, threads, address)
     raise PruneoptError(f"unknown backend {backend!r}; choose local or ray")
 
 
-def evaluate_pending(store: Store, runner: Runner, tasks: list[Task],
+def evaluate_pending(store: Store, pool: EvaluationPool, jobs: list[CandidateJob],
                      progress: Callable[[Outcome], None] | None = None) -> None:
-    """Evaluate ``tasks`` with ``runner``, recording each start, result and failure in ``store``."""
+    """Evaluate ``jobs`` with ``pool``, recording each start, result and failure in ``store``."""
 
     def on_done(o: Outcome) -> None:
         if o.result is None:
-            store.fail(o.task.candidate_id, o.message or "failed", o.worker)
+            store.fail(o.job.candidate_id, o.message or "failed", o.worker)
         else:
             r = o.result
-            store.finish(o.task.candidate_id, r.error, r.wall_s, o.worker, r.latency_b1_ms, r.latency_bn_ms)
+            store.finish(o.job.candidate_id, r.error, r.wall_s, o.worker, r.latency_b1_ms, r.latency_bn_ms)
         if progress is not None:
             progress(o)
 
-    runner.map(tasks, lambda t, w: store.mark_running(t.candidate_id, w), on_done)
+    pool.map(jobs, lambda j, w: store.mark_running(j.candidate_id, w), on_done)

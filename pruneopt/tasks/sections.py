@@ -1,0 +1,160 @@
+"""Config sections: frozen dataclasses whose fields carry their default, help text and named presets once.
+
+A search's config is the :class:`CommonConfig` section plus the section of its task. Every field is declared with
+:func:`setting`, so its default, the help text of its command-line option and its value in each named preset
+(``quick``) live in one place; the command line (:mod:`pruneopt.cli.task_options`) and :func:`preset_values` read
+them from there::
+
+    @dataclass(frozen=True)
+    class MySection:
+        steps: int = setting(60, "SGD steps of each candidate's fine-tune", quick=20)
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from ..errors import PruneoptError
+from ..models import get_arch
+from ..space import Regime
+
+Parser = Callable[[str, str], Any]  # (text, option name) -> value; raises a PruneoptError with a one-line message
+
+
+def setting(default: Any, help: str, *, metavar: str | None = None, parse: Parser | None = None,
+            choices: tuple[str, ...] | None = None, flag: bool = False, cli: bool = True, none: str | None = None,
+            **presets: Any) -> Any:
+    """A section field: its ``default``, the ``help`` of its option (without the default: that is shown from the
+    field), how the command line reads it (``parse``, ``choices``, ``flag``; ``cli=False``: library only), how a
+    ``None`` default reads in the help (``none``) and its value in named presets (``quick=16``)."""
+    meta = {"help": help, "metavar": metavar, "parse": parse, "choices": choices, "flag": flag, "cli": cli,
+            "none": none, "presets": presets}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of a section, as the command line and the presets see it."""
+
+    name: str
+    default: Any
+    help: str
+    type: Any  # the field's annotation, resolved (e.g. ``int | None``)
+    metavar: str | None
+    parse: Parser | None
+    choices: tuple[str, ...] | None
+    flag: bool
+    cli: bool
+    none: str | None
+    presets: dict[str, Any]
+
+    @property
+    def option(self) -> str:
+        """The command-line option: ``refined_samples`` -> ``--refined-samples``."""
+        return option_name(self.name)
+
+    def show(self, value: Any) -> str:
+        """``value`` as the help text shows it (tuples as ``256x128`` for ``HxW``-like metavars, else ``0.25,0.5``)."""
+        if value is None:
+            return self.none or "none"
+        if isinstance(value, tuple):
+            sep = "x" if self.metavar and "x" in self.metavar else ","
+            return sep.join(str(v) for v in value)
+        return str(value)
+
+    def default_text(self) -> str:
+        """``[64; quick 16]``: the default and each preset's value."""
+        parts = [self.show(self.default)] + [f"{name} {self.show(v)}" for name, v in self.presets.items()]
+        return "[" + "; ".join(parts) + "]"
+
+
+def option_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@cache
+def settings_of(section: type) -> tuple[Setting, ...]:
+    """The settings of a section class, in field order."""
+    hints = typing.get_type_hints(section)
+    out = []
+    for f in fields(section):
+        if f.default is MISSING or "help" not in f.metadata:
+            raise TypeError(f"{section.__name__}.{f.name} must be declared with setting(default, help)")
+        m = f.metadata
+        out.append(Setting(f.name, f.default, m["help"], hints[f.name], m["metavar"], m["parse"], m["choices"],
+                           m["flag"], m["cli"], m["none"], dict(m["presets"])))
+    return tuple(out)
+
+
+def field_names(section: type) -> tuple[str, ...]:
+    return tuple(s.name for s in settings_of(section))
+
+
+def preset_values(section: type, preset: str) -> dict[str, Any]:
+    """The values the named ``preset`` gives the fields of ``section`` (fields it leaves alone are absent)."""
+    return {s.name: s.presets[preset] for s in settings_of(section) if preset in s.presets}
+
+
+def section_dict(section: Any) -> dict[str, Any]:
+    """A section's values as JSON-able data, in field order (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(section).items()}
+
+
+# -- command-line parsers of common values ----------------------------------------------------------------------
+def parse_regimes(text: str, option: str) -> tuple[float, ...]:
+    """``"0.25,0.5"`` -> ``(0.25, 0.5)``."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise PruneoptError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+def existing_folder(text: str, option: str) -> str:
+    """An existing folder, as an absolute path (the config records where the data or parent was)."""
+    path = Path(text)
+    if not path.is_dir():
+        raise PruneoptError(f"{option} {text}: not a folder")
+    return str(path.resolve())
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    """The settings every search has, whatever its task (see :mod:`pruneopt.search`)."""
+
+    arch: str = setting("resnet20", "Parent architecture (a task that needs --parent takes the parent's when this "
+                        "is not given)", metavar="NAME")
+    task: str = setting("classification", "The search task (the command line lists the registered ones)", cli=False)
+    data: str = setting("fashion-mnist", "What the task searches on (see --task)", metavar="NAME|DIR")
+    regimes: tuple[float, ...] = setting((0.5,), "Comma-separated FLOPs regimes (fractions of the parent's FLOPs); "
+                                         "the first is the primary", metavar="F1,F2,...", parse=parse_regimes)
+    band: float = setting(0.02, "Absolute half-width of each regime")
+    samples: int = setting(64, "Subnetworks sampled and evaluated per regime in the initial space", quick=16)
+    refined_samples: int = setting(64, "Fresh subnetworks per regime in the refined space", quick=16)
+    seed: int = setting(0, "Seed of everything: sampling, training, bootstrap")
+    r_min: float = setting(0.2, "Smallest keep ratio of a group")
+    r_max: float = setting(1.0, "Largest keep ratio of a group")
+    round_to: int | None = setting(None, "Round widths to this multiple",
+                                   none="architecture default: 1 CIFAR-style, 8 ImageNet-style")
+    eps: float | None = setting(None, "Refined space keeps |R - R*| <= eps R*",
+                                none="from the bootstrap: the best models' R range")
+    top: float = setting(0.1, "Fraction of a population that counts as its best models for R*", cli=False)
+    n_boot: int = setting(2000, "Bootstrap resamples of R*", cli=False, quick=500)
+    parent: str | None = setting(None, "A trained parent (spec.json + weights.safetensors folder)",
+                                 none="trained in the run, where the task can", metavar="DIR", parse=existing_folder)
+    latency: bool = setting(False, "Also measure each candidate's ONNX Runtime CPU latency", flag=True)
+
+    def __post_init__(self) -> None:
+        get_arch(self.arch)
+        if not self.regimes:
+            raise PruneoptError("give at least one regime")
+        for r in self.regimes:
+            Regime(r, self.band)
+        if self.samples < 4 or self.refined_samples < 4:
+            raise PruneoptError("--samples must be at least 4 (an EDF of fewer models says nothing)")
+        if self.eps is not None and not 0 < self.eps < 1:
+            raise PruneoptError(f"--eps must be in (0, 1), got {self.eps}")
