@@ -21,6 +21,7 @@ from torch import nn
 from .common.files import atomic_write
 from .errors import SpecError
 from .models import ModelSpec, build
+from .preprocess import Preprocess
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -37,12 +38,21 @@ def write_subnet(folder: str | os.PathLike[str], spec: ModelSpec, state: Mapping
     return out
 
 
-def save_subnet(model: nn.Module, folder: str | os.PathLike[str]) -> Path:
-    """Write ``model`` (built by :mod:`pruneopt.models`) to ``folder``; returns the folder."""
+def save_subnet(model: nn.Module, folder: str | os.PathLike[str], preprocess: Preprocess | None = None) -> Path:
+    """Write ``model`` (built by :mod:`pruneopt.models`) to ``folder``; returns the folder.
+
+    ``preprocess`` (how its input is made, what it outputs) goes beside the spec as ``preprocess.json``.
+    """
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         raise SpecError("only models built by pruneopt.models can be saved as a subnetwork (model.spec is missing)")
-    return write_subnet(folder, spec, model.state_dict(), metadata={"spec_hash": spec.hash(), "arch": spec.arch})
+    out = write_subnet(folder, spec, model.state_dict(), metadata={"spec_hash": spec.hash(), "arch": spec.arch})
+    if preprocess is not None:
+        if preprocess.input_shape[0] != spec.in_chans:
+            raise SpecError(f"the preprocessing feeds {preprocess.input_shape[0]} channel(s) to a {spec.arch} with "
+                            f"in_chans={spec.in_chans}")
+        preprocess.save(out)
+    return out
 
 
 def read_subnet(folder: str | os.PathLike[str], *, weights_file: str = WEIGHTS_FILE,

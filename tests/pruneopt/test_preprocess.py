@@ -77,3 +77,37 @@ def test_importing_it_loads_neither_torch_nor_pil() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_preprocess_record_round_trips_and_is_checked(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    import pytest
+
+    from pruneopt.checkpoint import load_subnet, save_subnet
+    from pruneopt.errors import PruneoptError, SpecError
+    from pruneopt.models import build, default_spec
+    from pruneopt.preprocess import Preprocess, read_preprocess
+
+    grey = Preprocess.for_channels((1, 28, 28), (0.286,), (0.353,))
+    assert grey.color == "L" and grey.output == "logits" and grey.input_shape == (1, 28, 28)
+    model = build(default_spec("resnet20", in_chans=1))
+    folder = save_subnet(model, tmp_path / "m", grey)
+    assert read_preprocess(folder) == grey and load_subnet(folder).spec == model.spec
+    assert json.loads((folder / "preprocess.json").read_text())["format"] == "pruneopt.preprocess/1"
+    assert read_preprocess(tmp_path) is None  # a folder without a record
+    with pytest.raises(SpecError, match="3 channel"):
+        save_subnet(model, tmp_path / "bad", Preprocess.for_channels((3, 32, 32), (0.5,) * 3, (0.2,) * 3))
+    rgb = Preprocess.for_channels((3, 256, 128), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), output="embedding",
+                                  normalized=True)
+    assert rgb.differences(grey)[0].startswith("input_shape") and not rgb.differences(rgb)
+    for bad in ({"input_shape": (3, 32, 32), "mean": (0.5,), "std": (0.5,)},
+                {"input_shape": (1, 28, 28), "mean": (0.5,), "std": (0.0,)},
+                {"input_shape": (1, 28, 28), "mean": (0.5,), "std": (0.5,), "color": "RGB"},
+                {"input_shape": (3, 28, 28), "mean": (0.5,) * 3, "std": (0.5,) * 3, "output": "boxes"}):
+        with pytest.raises(PruneoptError, match="preprocessing"):
+            Preprocess(**bad)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "preprocess.json").write_text("{not json")
+    with pytest.raises(PruneoptError, match="cannot read"):
+        read_preprocess(tmp_path / "x")
