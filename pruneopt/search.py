@@ -96,7 +96,7 @@ def stage_parent(ctx: Context) -> Path:
     if ctx.store.stage("parent") is not None and (pdir / "weights.safetensors").is_file():
         return pdir
     prepared = ctx.task.prepare_parent(ctx, pdir)
-    save_subnet(prepared.model, pdir)
+    save_subnet(prepared.model, pdir, ctx.task.preprocess(ctx.cfg))
     ctx.store.set_stage("parent", prepared.record)
     ctx.say(prepared.message)
     return pdir
@@ -214,7 +214,7 @@ def stage_finals(ctx: Context, parent_dir: Path) -> None:
         result = {"spec": spec.to_dict(), "macs": c.macs, "params": c.params, "ratio": c.ratio,
                   "flops_fraction": c.macs / parent_macs, **final.figures}
         if final.name == "winner":
-            save_subnet(final.model, ctx.root / "winner")
+            save_subnet(final.model, ctx.root / "winner", task.preprocess(cfg))
         store.set_stage(f"final:{final.name}", result)
         ctx.say(f"final {final.name}: test {task.describe_error(result['test_error'])} at "
                 f"{result['flops_fraction']:.3f} of the parent's FLOPs")

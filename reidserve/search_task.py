@@ -40,6 +40,7 @@ from pruneopt.common.params import parse_pair
 from pruneopt.errors import PruneoptError
 from pruneopt.evaluate import EvalResult, onnx_latency_ms
 from pruneopt.models import ModelSpec
+from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from pruneopt.seeds import derive_seed
 from pruneopt.tasks.base import ConfigView, FinalResult, ParentResult, RunContext, fmt
 from pruneopt.tasks.sections import existing_folder, setting
@@ -234,6 +235,10 @@ class ReidTask:
     def input_shape(self, cfg: ConfigView) -> tuple[int, int, int]:
         h, w = _section(cfg).size
         return 3, int(h), int(w)
+
+    def preprocess(self, cfg: ConfigView) -> Preprocess:
+        """The saved backbones take ImageNet-normalised RGB images; exported alone they give an embedding."""
+        return Preprocess.for_channels(self.input_shape(cfg), IMAGENET_MEAN, IMAGENET_STD, output="embedding")
 
     def check_inputs(self, cfg: ConfigView, data_dir: str | None) -> None:
         """Fail early, in one line, when ``data`` or ``val_data`` is not a usable re-ID dataset folder."""

@@ -7,7 +7,8 @@ A task supplies what depends on the data and the metric:
 * its **config section** (``section``, a frozen dataclass of :func:`~.sections.setting` fields) with its presets,
   the checks of a config (``validate``, before anything runs) and of its data (``check_inputs``), and how its
   command-line values are completed (``from_command_line``, e.g. paths resolved);
-* the **input** at which FLOPs are counted (``input_shape``);
+* the **input** at which FLOPs are counted (``input_shape``) and how images become it (``preprocess``, saved
+  beside the parent and the winner);
 * the **parent** (``prepare_parent``: load or train it, score it);
 * the **candidate evaluator**: the JSON-able settings sent to every worker process or Ray actor
   (``worker_settings``) and the factory that builds an evaluator from them there (``make_evaluator``);
@@ -29,6 +30,7 @@ from torch import nn
 
 from ..evaluate import Evaluator
 from ..models import ModelSpec
+from ..preprocess import Preprocess
 from ..store import Store
 from .sections import CommonConfig
 
@@ -117,6 +119,11 @@ class SearchTask(Protocol):
 
     def input_shape(self, cfg: ConfigView) -> tuple[int, int, int]:
         """(C, H, W) of the inputs; FLOPs are counted at (H, W)."""
+        ...
+
+    def preprocess(self, cfg: ConfigView) -> Preprocess:
+        """How the inputs of the networks the search saves (parent, winner) are made from images, and what those
+        networks output; written beside their spec (``preprocess.json``) for export and serving."""
         ...
 
     def check_inputs(self, cfg: ConfigView, data_dir: str | None) -> None:

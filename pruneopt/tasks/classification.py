@@ -25,10 +25,11 @@ from torch import nn
 
 from ..checkpoint import load_subnet
 from ..data import load_fashion_mnist, train_val_split
-from ..data.fashion_mnist import Split
+from ..data.fashion_mnist import MEAN, STD, Split
 from ..errors import PruneoptError
 from ..evaluate import EvalResult, onnx_latency_ms
 from ..models import ModelSpec, build, get_arch
+from ..preprocess import Preprocess
 from ..seeds import derive_seed
 from ..thinning import thin
 from ..train import TrainConfig, finetune, recalibrate_bn, top1_error, train
@@ -162,6 +163,9 @@ class ClassificationTask:
 
     def input_shape(self, cfg: ConfigView) -> tuple[int, int, int]:
         return INPUT_SHAPE
+
+    def preprocess(self, cfg: ConfigView) -> Preprocess:
+        return Preprocess.for_channels(INPUT_SHAPE, (MEAN,), (STD,), output="logits")
 
     def data(self, cfg: ConfigView, data_dir: str | None) -> DataSettings:
         return DataSettings(cfg.common.data, data_dir, train_limit=_section(cfg).train_limit)

@@ -67,6 +67,14 @@ def test_search_produces_winner_report_and_database(reference) -> None:
     assert s["winner"]["error"] == min(r[-1] for r in candidate_rows(reference))
     report = (reference / "report.md").read_text()
     assert "Winner vs baselines" in report and "global_l1" in report
+    # the parent and the winner record how their inputs are made (Fashion-MNIST: grey 28x28, its mean/std)
+    from pruneopt.data.fashion_mnist import MEAN, STD
+    from pruneopt.preprocess import read_preprocess
+
+    for folder in ("parent", "winner"):
+        pre = read_preprocess(reference / folder)
+        assert pre is not None and pre.input_shape == (1, 28, 28) and pre.color == "L"
+        assert pre.mean == (MEAN,) and pre.std == (STD,) and pre.output == "logits"
 
 
 def test_analyze_rerenders_from_the_database_alone(reference, capsys) -> None:

@@ -19,6 +19,7 @@ from pruneopt.complexity import count
 from pruneopt.errors import PruneoptError
 from pruneopt.evaluate import EvalResult
 from pruneopt.models import ModelSpec, build, get_arch
+from pruneopt.preprocess import Preprocess
 from pruneopt.seeds import derive_seed
 from pruneopt.tasks.base import ConfigView, FinalResult, ParentResult, RunContext
 from pruneopt.tasks.sections import setting
@@ -68,6 +69,9 @@ class ToyTask:
 
     def input_shape(self, cfg: ConfigView) -> tuple[int, int, int]:
         return (3, *HW)
+
+    def preprocess(self, cfg: ConfigView) -> Preprocess:
+        return Preprocess.for_channels(self.input_shape(cfg), (0.5,) * 3, (0.25,) * 3)
 
     def check_inputs(self, cfg: ConfigView, data_dir: str | None) -> None:
         pass
