@@ -10,7 +10,8 @@
 Images may be given as a path, raw file bytes, a PIL image or an ``HxW`` / ``HxWxC`` ``uint8`` array (sent as
 PNG). Images travel base64-encoded in JSON (``upload="json"``, the default) or as multipart files
 (``upload="multipart"``). A non-2xx answer raises :class:`ReidClientError` carrying the status and the server's
-``detail`` message. This module imports neither torch nor the service.
+``detail`` message; so do a server that cannot be reached and an image or token file that cannot be read
+(``status`` 0). This module imports neither torch nor the service.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from typing import Any
 import httpx
 import numpy as np
 
-__all__ = ["ReidClient", "ReidClientError", "image_bytes"]
+from .errors import ReidserveError
+
+__all__ = ["ReidClient", "ReidClientError", "image_bytes", "read_token_file"]
 
 ImageLike = str | os.PathLike[str] | bytes | np.ndarray | Any  # Any: a PIL image
 
 
-class ReidClientError(Exception):
-    """The server refused a request (``status`` >= 400) or could not be reached (``status`` 0)."""
+class ReidClientError(ReidserveError):
+    """The server refused a request (``status`` >= 400) or could not be reached, or the request could not be made
+    (``status`` 0); the message says which and why."""
 
     def __init__(self, status: int, detail: Any, method: str = "", path: str = "") -> None:
         self.status, self.detail = status, detail
@@ -76,6 +80,21 @@ def image_bytes(image: ImageLike) -> bytes:
         return buf.getvalue()
     raise ReidClientError(0, f"cannot send a {type(image).__name__} as an image (give a path, bytes, a PIL image "
                              "or a uint8 array)")
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """The first token of a token file (one per line; blank lines and ``#`` comments are skipped), such as the
+    server's ``DATA_DIR/token``."""
+    p = Path(path)
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ReidClientError(0, f"--token-file {p}: {reason}") from None
+    found = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not found:
+        raise ReidClientError(0, f"--token-file {p} holds no token")
+    return found[0]
 
 
 def _b64(image: ImageLike) -> str:

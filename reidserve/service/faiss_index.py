@@ -15,7 +15,7 @@ exceed ``HNSW_MAX_DEAD`` of the graph (the store then rebuilds it from the live 
 It is *not* thread-safe: FAISS allows no mutation concurrent with a search, so the store holds one lock
 around every call.
 
-A snapshot is one file written atomically (temporary file, fsync, rename, fsync of the folder)::
+A snapshot is one file written atomically (a temporary file of its own, fsync, rename, fsync of the folder)::
 
     b"RSIDX\\x00\\x01\\n" | header length (4 bytes, little endian) | header JSON | faiss.serialize_index bytes |
     SHA-256 of header + index bytes
@@ -30,16 +30,17 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import faiss
 import numpy as np
 
+from pruneopt.common.files import atomic_write
+
 from ..errors import ReidserveError
 
-log = logging.getLogger("reidserve.service")
+log = logging.getLogger(__name__)
 
 MAGIC = b"RSIDX\x00\x01\n"
 SNAPSHOT_FORMAT = "reidserve.index/1"
@@ -285,6 +286,11 @@ class VectorIndex:
                 "tombstones": self.dead if self.kind == "hnsw" else None}
 
     # -- snapshots ------------------------------------------------------------------------------------------
+    def snapshot_header(self, seq: int, model_id: str) -> dict[str, Any]:
+        """The header of a snapshot of this index at store sequence number ``seq``."""
+        return {"seq": seq, "model": model_id, "dim": self.dim, "kind": self.kind, "nlist": self.nlist,
+                "codec": self.codec, "ntotal": self.ntotal, "trained_n": self.trained_n, "format": SNAPSHOT_FORMAT}
+
     def serialize(self) -> np.ndarray:
         """The index as FAISS's serialised bytes (``uint8`` array, a copy)."""
         return faiss.serialize_index(self.cpu_index())
@@ -323,22 +329,42 @@ class VectorIndex:
         return out, header
 
 
+def check_snapshot_fits(path: Path, index: VectorIndex, header: dict[str, Any], *, store_seq: int, model_id: str,
+                        kind: str, codec: str, hnsw_m: int) -> int:
+    """The sequence number of a loaded snapshot if it fits the gallery it is to serve (the model, the store's
+    sequence number, the index kind, IVF codec and HNSW degree asked for); raises :class:`SnapshotError`."""
+    snap_seq = int(header.get("seq", -1))
+    if header.get("model", "") != model_id and model_id:
+        raise SnapshotError(f"{path} was written for another model")
+    if snap_seq > store_seq or snap_seq < 0:
+        raise SnapshotError(f"{path} is newer than the store (seq {snap_seq} > {store_seq})")
+    if index.kind == "ivf" and kind == "flat":
+        raise SnapshotError(f"{path} holds an IVF index but --index flat was asked for")
+    if (index.kind == "hnsw") != (kind == "hnsw"):
+        raise SnapshotError(f"{path} holds a {index.kind} index, not the {kind} one asked for")
+    if index.kind == "ivf" and index.codec != codec:
+        raise SnapshotError(f"{path} holds an IVF index with {index.codec} lists, not {codec}")
+    if index.kind == "hnsw" and hnsw_m and index.hnsw_m != hnsw_m:
+        raise SnapshotError(f"{path} holds an HNSW graph with M {index.hnsw_m}, not {hnsw_m}")
+    return snap_seq
+
+
 def write_snapshot_file(path: Path, header: dict[str, Any], payload: np.ndarray | bytes) -> int:
+    """Write a snapshot file atomically (:func:`pruneopt.common.files.atomic_write`: a temporary name of its own,
+    fsync, rename, fsync of the folder); returns its size in bytes."""
     head = json.dumps(header, sort_keys=True).encode()
     view = memoryview(payload).cast("B") if not isinstance(payload, bytes) else memoryview(payload)
     digest = hashlib.sha256(head)
     digest.update(view)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+
+    def write(f: IO[bytes]) -> None:
         f.write(MAGIC)
         f.write(len(head).to_bytes(4, "little"))
         f.write(head)
         f.write(view)
         f.write(digest.digest())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+
+    atomic_write(path, write)
     return path.stat().st_size
 
 
@@ -365,16 +391,3 @@ def read_snapshot_file(path: Path) -> tuple[dict[str, Any], np.ndarray]:
     if not isinstance(header, dict):
         raise SnapshotError(f"{path}: malformed header")
     return header, np.frombuffer(payload, dtype=np.uint8)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)

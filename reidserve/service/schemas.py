@@ -39,7 +39,8 @@ HARD_MAX_ITEMS = 4096
 HARD_MAX_K = 10_000
 HARD_MAX_DIM = 65_536
 
-ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$", description="1-128 of A-Z a-z 0-9 _ . : -",
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+ItemId = Annotated[str, Field(pattern=ID_PATTERN, description="1-128 of A-Z a-z 0-9 _ . : -",
                               examples=["person-0042"])]
 CameraId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="1-64 of A-Z a-z 0-9 _ . : -",
                                 examples=["cam3"])]

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 
 from reidserve.service.process import ServerProcess  # noqa: E402
-from reidserve.service.testing import export_models  # noqa: E402
+from tests.support.serving import export_models  # noqa: E402
 
 TOKEN = "fuzz-token-0123456789abcdef"
 EXAMPLES = 20

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from reidserve.service.backends import open_store
 from reidserve.service.faiss_index import SnapshotError, read_snapshot_file, write_snapshot_file
 from reidserve.service.sqlite_store import SNAPSHOT_FILE, SqliteFaissStore
 from reidserve.service.store import (
@@ -23,7 +24,6 @@ from reidserve.service.store import (
     SearchFilter,
     StoreError,
     normalize_embedding,
-    open_store,
 )
 
 DIM = 16

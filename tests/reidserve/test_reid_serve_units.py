@@ -18,11 +18,12 @@ from PIL import Image
 
 from export.metadata import ExportMetadata
 from reidserve.service.auth import AuthError, TokenChecker, TokenError, load_tokens, resolve_tokens
+from reidserve.service.backends import parse_store_url
 from reidserve.service.embedder import Embedder, EmbedError, LoadedModel
 from reidserve.service.milvus_store import filter_expression
 from reidserve.service.preprocess import ImageError, ImageTooLarge, decode_base64, decode_image, to_batch
-from reidserve.service.store import GalleryError, SearchFilter, StoreError, check_metadata, parse_store_url
-from reidserve.service.testing import png_bytes, random_images
+from reidserve.service.store import GalleryError, SearchFilter, StoreError, check_metadata
+from tests.support.serving import png_bytes, random_images
 
 
 def _meta(c: int = 3, h: int = 8, w: int = 4, dim: int = 5) -> ExportMetadata:
