@@ -10,6 +10,7 @@ their defaults. The serving process never imports torch.
 from __future__ import annotations
 
 import logging
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -101,7 +102,9 @@ def serve(ctx: click.Context, **values: Any) -> None:
     """
     given = {k: v for k, v in values.items() if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
     settings = ServiceSettings.load(**given)
-    # lazy: FastAPI, uvicorn and FAISS are loaded only by a serving process (the serve extra)
+    # idle OpenMP threads sleep instead of spinning on the cores the event loop needs: set before FAISS loads
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # lazy: FastAPI, uvicorn and FAISS are loaded only by a serving process (and after the line above)
     from ..service.server import serve as run_server
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
