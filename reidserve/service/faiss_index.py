@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -92,6 +93,34 @@ def default_nprobe(nlist: int) -> int:
     0.999 vs 0.992 with 128- and 256-d latent structure, 0.994 vs 0.988 at 20,000 items; 0.35 vs 0.47 ms per query in
     batches of 16 on 2 cores."""
     return int(min(nlist, max(16, nlist // 32)))
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """The index a gallery asks for: its ``kind`` (flat, ivf, hnsw), the gallery size at which IVF takes over from
+    exact search, IVF lists (0: :func:`choose_nlist`), lists searched (0: :func:`default_nprobe`) and codec, HNSW
+    neighbours and candidates per query (0: ``HNSW_M``, ``HNSW_EF_SEARCH``), and whether to use a GPU."""
+
+    kind: str = "ivf"
+    ivf_threshold: int = 20_000
+    nlist: int = 0
+    nprobe: int = 0
+    ivf_codec: str = "sq8"
+    hnsw_m: int = 0
+    ef_search: int = 0
+    use_gpu: bool = False
+
+    def build(self, dim: int, ids: np.ndarray, vectors: np.ndarray, *, train: bool = False) -> VectorIndex:
+        """An index of this kind holding ``vectors``: an HNSW graph; an IVF index once the gallery reached
+        ``ivf_threshold`` (or when ``train`` is asked for); else an exact flat one."""
+        if self.kind == "hnsw":
+            return VectorIndex.build_hnsw(dim, vectors, ids, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
+        if self.kind == "ivf" and (train or len(ids) >= self.ivf_threshold):
+            return VectorIndex.train_ivf(dim, vectors, ids, nlist=self.nlist, nprobe=self.nprobe,
+                                         use_gpu=self.use_gpu, codec=self.ivf_codec)
+        index = VectorIndex(dim, "flat", use_gpu=self.use_gpu)
+        index.add(ids, vectors)
+        return index
 
 
 class VectorIndex:
@@ -330,9 +359,10 @@ class VectorIndex:
 
 
 def check_snapshot_fits(path: Path, index: VectorIndex, header: dict[str, Any], *, store_seq: int, model_id: str,
-                        kind: str, codec: str, hnsw_m: int) -> int:
+                        options: IndexOptions) -> int:
     """The sequence number of a loaded snapshot if it fits the gallery it is to serve (the model, the store's
     sequence number, the index kind, IVF codec and HNSW degree asked for); raises :class:`SnapshotError`."""
+    kind, codec, hnsw_m = options.kind, options.ivf_codec, options.hnsw_m
     snap_seq = int(header.get("seq", -1))
     if header.get("model", "") != model_id and model_id:
         raise SnapshotError(f"{path} was written for another model")
@@ -349,9 +379,10 @@ def check_snapshot_fits(path: Path, index: VectorIndex, header: dict[str, Any], 
     return snap_seq
 
 
-def write_snapshot_file(path: Path, header: dict[str, Any], payload: np.ndarray | bytes) -> int:
+def write_snapshot_file(path: Path, header: dict[str, Any], payload: np.ndarray | bytes, mode: int = 0o600) -> int:
     """Write a snapshot file atomically (:func:`pruneopt.common.files.atomic_write`: a temporary name of its own,
-    fsync, rename, fsync of the folder); returns its size in bytes."""
+    so concurrent writers never share one; fsync, rename, fsync of the folder), readable by its owner only by
+    default; returns its size in bytes."""
     head = json.dumps(header, sort_keys=True).encode()
     view = memoryview(payload).cast("B") if not isinstance(payload, bytes) else memoryview(payload)
     digest = hashlib.sha256(head)
@@ -364,7 +395,7 @@ def write_snapshot_file(path: Path, header: dict[str, Any], payload: np.ndarray 
         f.write(view)
         f.write(digest.digest())
 
-    atomic_write(path, write)
+    atomic_write(path, write, mode=mode)
     return path.stat().st_size
 
 

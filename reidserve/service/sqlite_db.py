@@ -5,13 +5,16 @@ keeps the FAISS index level with what is written here.
 ``gallery.sqlite3`` holds ``items`` (id, int64 FAISS id ``fid``, sequence number, tombstone flag, camera, time,
 metadata JSON, float32 vector) and ``info`` (format, dimension, model id, the last sequence number, creation time).
 Connections run in WAL mode with ``synchronous=FULL``: a committed write survives a crash of the process or the
-machine.
+machine. The database is created readable by its owner only (mode 0600, like the token file); SQLite gives its
+``-wal`` and ``-shm`` files the database's mode.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,12 +26,13 @@ import numpy as np
 from .faiss_index import VectorIndex
 from .store import GalleryRecord, StoreError, dump_metadata
 
-__all__ = ["DB_FILE", "STORE_FORMAT", "Entry", "GalleryDatabase", "UpsertRow"]
+__all__ = ["DB_FILE", "PRIVATE", "STORE_FORMAT", "Entry", "GalleryDatabase", "UpsertRow", "make_private"]
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "gallery.sqlite3"
 STORE_FORMAT = "reidserve.gallery/1"
+PRIVATE = 0o600  # the mode of every file of a gallery
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,6 +49,22 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_seq ON items (seq);
 CREATE INDEX IF NOT EXISTS items_deleted ON items (deleted);
 """
+
+
+def make_private(path: Path) -> None:
+    """Create ``path`` (empty) readable and writable by its owner only, or take the group's and others' access
+    away from an existing file (galleries created before files were private)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            try:
+                os.chmod(path, mode & 0o700)
+            except OSError as exc:  # e.g. owned by another user: serve it, but say so
+                log.warning("%s is readable by others (mode %o) and cannot be made private: %s", path, mode, exc)
+        return
+    os.close(fd)
 
 
 @dataclass
@@ -71,7 +91,15 @@ class GalleryDatabase:
         self.path = folder / DB_FILE
 
     def connect(self) -> sqlite3.Connection:
-        """A new connection (WAL, ``synchronous=FULL``), creating the schema if needed."""
+        """A new connection (WAL, ``synchronous=FULL``), creating the (private) file and the schema if needed."""
+        try:
+            make_private(self.path)
+            for suffix in ("-wal", "-shm"):
+                if self.path.with_name(self.path.name + suffix).exists():
+                    make_private(self.path.with_name(self.path.name + suffix))
+        except OSError as exc:
+            raise StoreError(f"{self.path} cannot be created ({exc.strerror or exc}); check the permissions of "
+                             f"{self.folder} or give another --data-dir") from exc
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             db.execute("PRAGMA journal_mode=WAL")

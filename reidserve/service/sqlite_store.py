@@ -1,6 +1,6 @@
 """The embedded gallery: SQLite (WAL, the durable record) plus a FAISS index (the fast search), kept level.
 
-Files in the data folder::
+Files in the data folder (each readable by its owner only, mode 0600, like the token file)::
 
     gallery.sqlite3   items (id, int64 FAISS id, sequence number, camera, time, metadata, vector) + info
     index.snapshot    the FAISS index and the sequence number it reflects (see :mod:`.faiss_index`)
@@ -19,20 +19,17 @@ rows of the store; any difference, or an unreadable snapshot, rebuilds the index
 written atomically every ``snapshot_interval`` seconds when something changed, after an IVF index is trained,
 and on close; tombstones older than the snapshot are then dropped.
 
-**Index kinds.** ``hnsw``: an HNSW graph (``--hnsw-m`` neighbours, ``--ef-search``) from the start; deletes and
-replaced vectors are tombstones skipped by every search, and the graph is rebuilt from the store's live vectors
-in the background (like IVF training) once tombstones exceed 20% of it (checked after writes and snapshots).
-``flat``: exact ``IndexIDMap2(IndexFlatIP)``. ``ivf``: flat until the gallery holds
-``ivf_threshold`` items, then an IVF index (about 8 sqrt(n) lists, ``nprobe`` lists searched, approximate; lists
-coded ``ivf_codec``: ``sq8`` 8-bit scalar quantisation, the default, or ``flat`` float32; a snapshot with the
-other codec is rebuilt)
-trained in a background thread on the store's vectors at one sequence number and swapped in after replaying the
-writes made meanwhile; trained again the same way when the gallery has grown 4x since. String ids map to FAISS
-int64 ids through the store's ``fid`` column (``AUTOINCREMENT``: never reused).
+**Index kinds** (:class:`~.faiss_index.IndexOptions`). ``flat``: exact ``IndexIDMap2(IndexFlatIP)``. ``ivf``: flat
+until the gallery holds ``ivf_threshold`` items, then an IVF index (about 8 sqrt(n) lists, ``nprobe`` searched;
+lists coded ``sq8``, the default, or ``flat``; a snapshot with the other codec is rebuilt) trained in a background
+thread on the store's vectors at one sequence number and swapped in after replaying the writes made meanwhile;
+trained again the same way when the gallery has grown 4x since. ``hnsw``: an HNSW graph from the start; deletes
+and replaced vectors are tombstones skipped by every search, and the graph is rebuilt the same way once tombstones
+exceed 20% of it. String ids map to FAISS int64 ids through the ``fid`` column (``AUTOINCREMENT``: never reused).
 
 **Threads.** FAISS allows no mutation concurrent with a search: one lock (``_index_lock``) covers every index
 call and the in-memory id/metadata maps; a second (``_write_lock``) serialises writers, so index mutations happen
-in sequence-number order.
+in sequence-number order; a third serialises snapshots (each also has a temporary file of its own).
 """
 
 from __future__ import annotations
@@ -52,15 +49,15 @@ from pruneopt.common.threads import faiss_threads as faiss_omp_threads
 from .faiss_index import (
     INDEX_KINDS,
     IVF_CODECS,
+    IndexOptions,
     SnapshotError,
     VectorIndex,
     check_snapshot_fits,
-    choose_nlist,
     gpu_available,
     write_snapshot_file,
 )
 from .filtered_search import filtered_top_k
-from .sqlite_db import DB_FILE, Entry, GalleryDatabase, UpsertRow
+from .sqlite_db import DB_FILE, PRIVATE, Entry, GalleryDatabase, UpsertRow, make_private
 from .store import (
     GalleryError,
     GalleryRecord,
@@ -109,13 +106,9 @@ class SqliteFaissStore:
         self.dim = int(dim)
         self.folder = Path(data_dir)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.index_kind = index
-        self.ivf_threshold = max(1, int(ivf_threshold))
-        self.nlist, self.nprobe = int(nlist), int(nprobe)
-        self.hnsw_m, self.ef_search = int(hnsw_m), int(ef_search)
-        self.ivf_codec = ivf_codec
+        self.options = IndexOptions(index, max(1, int(ivf_threshold)), int(nlist), int(nprobe), ivf_codec,
+                                    int(hnsw_m), int(ef_search), gpu == "on" or (gpu == "auto" and gpu_available()))
         self.snapshot_interval = float(snapshot_interval)
-        self.use_gpu = gpu == "on" or (gpu == "auto" and gpu_available())
         self.model_id = model_id
         self.on_change = on_change
         # OpenMP's thread count is per calling thread: every block that calls FAISS sets it (and restores it)
@@ -123,6 +116,7 @@ class SqliteFaissStore:
         self._write_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
         self._entries: dict[int, Entry] = {}
         self._fids: dict[str, int] = {}
         self._seq = 0
@@ -136,12 +130,15 @@ class SqliteFaissStore:
         self._stop = threading.Event()
         self._sql = GalleryDatabase(self.folder, self.dim)
         try:
-            self._lock = ExclusiveLock(self.folder / LOCK_FILE)
+            self._lock = ExclusiveLock(self.folder / LOCK_FILE, mode=PRIVATE)
         except LockBusy as exc:
             holder = f" ({exc.holder})" if exc.holder else ""
             raise StoreError(f"{self.folder} is in use by another reidserve process{holder}; stop it or give another "
                              "--data-dir") from None
         try:
+            for name in (LOCK_FILE, SNAPSHOT_FILE):  # files of a gallery from before they were private
+                if (self.folder / name).exists():
+                    make_private(self.folder / name)
             self._db = self._sql.connect()
             self._read_db = self._sql.connect()
             self._seq = self._sql.init_info(self._db, model_id, accept_model_change)
@@ -164,10 +161,11 @@ class SqliteFaissStore:
         snap = self.folder / SNAPSHOT_FILE
         if snap.exists():
             try:
-                index, header = VectorIndex.read_snapshot(snap, dim=self.dim, nprobe=self.nprobe,
-                                                          ef_search=self.ef_search, use_gpu=self.use_gpu)
+                o = self.options
+                index, header = VectorIndex.read_snapshot(snap, dim=self.dim, nprobe=o.nprobe, ef_search=o.ef_search,
+                                                          use_gpu=o.use_gpu)
                 snap_seq = check_snapshot_fits(snap, index, header, store_seq=self._seq, model_id=self.model_id,
-                                               kind=self.index_kind, codec=self.ivf_codec, hnsw_m=self.hnsw_m)
+                                               options=self.options)
                 replayed = self._sql.replay_into(index, self._db, snap_seq)
                 self._snapshot_seq = snap_seq
                 self._snapshot_time = snap.stat().st_mtime
@@ -195,14 +193,7 @@ class SqliteFaissStore:
 
     def _build_from_store(self) -> VectorIndex:
         ids, x = self._sql.live_vectors(self._db)
-        if self.index_kind == "hnsw":
-            return VectorIndex.build_hnsw(self.dim, x, ids, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
-        if self.index_kind == "ivf" and len(ids) >= self.ivf_threshold:
-            return VectorIndex.train_ivf(self.dim, x, ids, nlist=self.nlist, nprobe=self.nprobe,
-                                         use_gpu=self.use_gpu, codec=self.ivf_codec)
-        index = VectorIndex(self.dim, "flat", use_gpu=self.use_gpu)
-        index.add(ids, x)
-        return index
+        return self.options.build(self.dim, ids, x)
 
     # -- writes -----------------------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -344,7 +335,7 @@ class SqliteFaissStore:
             index = self._index.describe()
             items, seq, applied = len(self._entries), self._seq, self._applied_seq
         index.update(training=self._training, train_error=self._train_error,
-                     ivf_threshold=self.ivf_threshold if self.index_kind == "ivf" else None)
+                     ivf_threshold=self.options.ivf_threshold if self.options.kind == "ivf" else None)
         return {
             "backend": self.kind, "items": items, "store_rows": self.store_rows(), "index": index, "seq": seq,
             "applied_seq": applied, "snapshot_seq": self._snapshot_seq if self._snapshot_seq >= 0 else None,
@@ -354,7 +345,15 @@ class SqliteFaissStore:
 
     # -- snapshots and IVF training ---------------------------------------------------------------------------
     def snapshot(self) -> bool:
-        """Write the index snapshot if the index changed since the last one; drop older tombstones."""
+        """Write the index snapshot if the index changed since the last one; drop older tombstones. Snapshots are
+        written one at a time, so an older one never replaces a newer one."""
+        with self._snapshot_lock:
+            written = self._write_snapshot()
+        if written:
+            self._maybe_train()  # HNSW: rebuild the graph when it holds too many tombstones
+        return written
+
+    def _write_snapshot(self) -> bool:
         if self._closed:
             return False
         t0 = time.perf_counter()
@@ -376,7 +375,6 @@ class SqliteFaissStore:
                 self._sql.drop_tombstones(self._db, floor)
         log.info("index snapshot at seq %d: %d vectors, %.1f MB in %.2f s", seq, header["ntotal"], size / 1e6,
                  time.perf_counter() - t0)
-        self._maybe_train()  # HNSW: rebuild the graph when it holds too many tombstones
         return True
 
     def _snapshot_loop(self) -> None:
@@ -396,16 +394,16 @@ class SqliteFaissStore:
         snapshot time)."""
         if self._training or self._closed or self._stop.is_set():
             return
-        if self.index_kind == "hnsw":
+        if self.options.kind == "hnsw":
             if self._index.needs_rebuild():
                 self._training = True
                 threading.Thread(target=self._train, name="reidserve-hnsw-rebuild", daemon=True).start()
             return
-        if self.index_kind != "ivf":
+        if self.options.kind != "ivf":
             return
         n = self.count()
         if self._index.kind == "flat":
-            if n < self.ivf_threshold:
+            if n < self.options.ivf_threshold:
                 return
         elif n < 4 * max(self._index.trained_n, 1):
             return
@@ -413,50 +411,61 @@ class SqliteFaissStore:
         threading.Thread(target=self._train, name="reidserve-ivf-train", daemon=True).start()
 
     def _train(self) -> None:
-        """Train an IVF index on the store's vectors as of one sequence number (a read transaction on a connection
-        of its own), then catch up with the writes made meanwhile and swap it in."""
-        t0 = time.perf_counter()
+        """Build the new index in the background (:meth:`_train_and_swap`), then snapshot it; each failure is
+        logged as what it is, and only a failed build sets ``train_error``."""
+        what = "HNSW graph rebuild" if self.options.kind == "hnsw" else "IVF training"
         try:
-            db = self._sql.connect()
             try:
-                db.execute("BEGIN")  # one consistent snapshot of the WAL database for the two reads
-                base_seq = self._sql.read_seq(db)
-                self._train_base = base_seq  # keep the tombstones above it until the new index caught up
-                ids, x = self._sql.live_vectors(db)
-                db.execute("COMMIT")
-            finally:
-                db.close()
-            with faiss_omp_threads(self.faiss_threads):
-                if self.index_kind == "hnsw":
-                    new = VectorIndex.build_hnsw(self.dim, x, ids, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
-                else:
-                    nlist = self.nlist or choose_nlist(len(ids))
-                    new = VectorIndex.train_ivf(self.dim, x, ids, nlist=nlist, nprobe=self.nprobe,
-                                                use_gpu=self.use_gpu, codec=self.ivf_codec)
-            del x
-            with self._write_lock:
-                if self._closed:
-                    return
-                with self._read_lock, faiss_omp_threads(self.faiss_threads):
-                    replayed = self._sql.replay_into(new, self._read_db, base_seq)
-                with self._index_lock:
-                    if not self._agrees(new):
-                        raise StoreError(f"the new {new.kind} index does not match the store after catching up")
-                    self._index = new
-            if new.kind == "hnsw":
-                log.info("HNSW graph rebuilt without tombstones: %d vectors (+%d replayed) in %.1f s", new.ntotal,
-                         replayed, time.perf_counter() - t0)
-            else:
-                log.info("IVF index trained: %d lists, nprobe %d, %d vectors (+%d replayed) in %.1f s", new.nlist,
-                         new.nprobe, new.ntotal, replayed, time.perf_counter() - t0)
+                swapped = self._train_and_swap()
+            except Exception as exc:
+                self._train_error = str(exc)
+                log.error("%s failed, keeping the current index: %s", what, exc)
+                return
+            if not swapped:  # closed meanwhile
+                return
             self._train_error = None
-            self.snapshot()
-        except Exception as exc:
-            self._train_error = str(exc)
-            log.error("IVF training / HNSW rebuild failed, keeping the current index: %s", exc)
+            try:
+                self.snapshot()
+            except Exception as exc:  # the new index serves; the next snapshot tries again
+                log.error("index snapshot after the %s failed (the new index is in use; the next snapshot will "
+                          "try again): %s", what, exc)
         finally:
             self._train_base = None
             self._training = False
+
+    def _train_and_swap(self) -> bool:
+        """Train an IVF index (or build an HNSW graph) on the store's vectors as of one sequence number (a read
+        transaction on a connection of its own), then catch up with the writes made meanwhile and swap it in;
+        False when the store was closed meanwhile."""
+        t0 = time.perf_counter()
+        db = self._sql.connect()
+        try:
+            db.execute("BEGIN")  # one consistent snapshot of the WAL database for the two reads
+            base_seq = self._sql.read_seq(db)
+            self._train_base = base_seq  # keep the tombstones above it until the new index caught up
+            ids, x = self._sql.live_vectors(db)
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        with faiss_omp_threads(self.faiss_threads):
+            new = self.options.build(self.dim, ids, x, train=True)
+        del x
+        with self._write_lock:
+            if self._closed:
+                return False
+            with self._read_lock, faiss_omp_threads(self.faiss_threads):
+                replayed = self._sql.replay_into(new, self._read_db, base_seq)
+            with self._index_lock:
+                if not self._agrees(new):
+                    raise StoreError(f"the new {new.kind} index does not match the store after catching up")
+                self._index = new
+        if new.kind == "hnsw":
+            log.info("HNSW graph rebuilt without tombstones: %d vectors (+%d replayed) in %.1f s", new.ntotal,
+                     replayed, time.perf_counter() - t0)
+        else:
+            log.info("IVF index trained: %d lists, nprobe %d, %d vectors (+%d replayed) in %.1f s", new.nlist,
+                     new.nprobe, new.ntotal, replayed, time.perf_counter() - t0)
+        return True
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
         """Wait until no IVF training runs (tests and benchmarks); False on timeout."""
