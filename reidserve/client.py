@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -99,6 +100,13 @@ def read_token_file(path: str | os.PathLike[str]) -> str:
 
 def _b64(image: ImageLike) -> str:
     return base64.b64encode(image_bytes(image)).decode("ascii")
+
+
+def _item_path(item_id: str) -> str:
+    """The URL path of a gallery item (the id percent-encoded); ``.`` and ``..`` cannot be sent in a path."""
+    if item_id in (".", ".."):
+        raise ReidClientError(0, f"item id {item_id!r} cannot be sent in a URL path (the server refuses such ids)")
+    return "/v1/gallery/" + quote(item_id, safe="")
 
 
 class ReidClient:
@@ -196,10 +204,10 @@ class ReidClient:
 
     def get(self, item_id: str, *, include_embedding: bool = False) -> dict[str, Any]:
         params = {"include_embedding": "true"} if include_embedding else None
-        return self.request("GET", f"/v1/gallery/{item_id}", params=params).json()
+        return self.request("GET", _item_path(item_id), params=params).json()
 
     def delete(self, item_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/v1/gallery/{item_id}").json()
+        return self.request("DELETE", _item_path(item_id)).json()
 
     def search(self, *, image: ImageLike | None = None, embedding: Sequence[float] | np.ndarray | None = None,
                k: int = 10, cameras: Sequence[str] | None = None, exclude_cameras: Sequence[str] = (),

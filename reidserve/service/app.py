@@ -15,8 +15,10 @@ endpoint                   auth     what it does
 =========================  =======  ===================================================================
 
 "write" endpoints need a bearer token unless ``--auth none``; "all" ones only with ``--auth all``. Bad input is
-answered with a 4xx and a ``detail`` message: 401 (token), 404 (unknown id), 413 (body, image pixels), 415 (content
-type), 422 (validation: ids, embeddings, images, limits).
+answered with a 4xx and a ``detail`` message: 400 (malformed multipart body, more than one ``Authorization``
+header), 401 (token), 404 (unknown id), 413 (body, image pixels), 415 (content type), 422 (validation: ids,
+embeddings, images, limits). A client that goes away before its request was read is no error of the server: no
+traceback, and the status 499 in the metrics.
 
 The routes live in :mod:`.routers` (one ``APIRouter`` per resource), their dependencies -- the service's state,
 token checks -- in :mod:`.dependencies`. The resources (model runner, gallery, batchers: a
@@ -42,15 +44,22 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 
 from .dependencies import Access
 from .embedder import EmbedError
 from .fastpath import JsonFastPath
-from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .middleware import (
+    CLIENT_CLOSED,
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    RouteHeadersMiddleware,
+    SingleAuthorizationMiddleware,
+)
 from .preprocess import ImageError
 from .routers import embed, gallery, ops, search
 from .schemas import EmbedRequest, EmbedUpload, GalleryAddRequest, GalleryUpload, SearchRequest, SearchUpload
@@ -102,6 +111,13 @@ async def _embed_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"the model failed: {exc}"}, status_code=500)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # the client closed the connection before its body was read: nobody will read this answer; its status is
+    # for the metrics (and the access log)
+    log.debug("%s %s: the client went away before its request was read", request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED)
+
+
 def create_app(settings: ServiceSettings | None = None, *, state: ServiceState | None = None) -> FastAPI:
     """The service app for ``settings`` (or an already opened ``state``)."""
     if state is None:
@@ -119,19 +135,23 @@ def create_app(settings: ServiceSettings | None = None, *, state: ServiceState |
     app.add_exception_handler(ImageError, _image_error)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(EmbedError, _embed_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     _add_middleware(app, state, [route for router in routers for route in router.routes])
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
 def _add_middleware(app: FastAPI, state: ServiceState, routes: list[BaseRoute]) -> None:
-    """Innermost: the JSON search fast path, then metrics (which count its answers too), then the body limit."""
+    """Innermost: the JSON search fast path, the one-Authorization rule and the header fixes, then metrics
+    (which count all of their answers), then the body limit."""
     search_route = next(r for r in routes if getattr(r, "path", None) == "/v1/search")
     max_body = state.settings.max_body_bytes
     app.add_middleware(JsonFastPath, path="/v1/search", model=SearchRequest,
                        handler=lambda req: search.fast_search(state, req),
                        authorized=lambda header: state.authorized(header, write=False), max_body=max_body,
                        route=lambda: search_route, counts=state.fast_search)
+    app.add_middleware(SingleAuthorizationMiddleware)
+    app.add_middleware(RouteHeadersMiddleware, routes=lambda: routes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)
 

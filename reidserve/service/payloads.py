@@ -19,11 +19,13 @@ from starlette.datastructures import FormData, UploadFile
 from .fastpath import media_type
 from .preprocess import decode_base64
 
-__all__ = ["ERROR_RESPONSES", "b64_all", "form", "form_text", "json_body", "json_object", "media", "reply",
-           "request_body", "unsupported", "uploaded_files", "validation_errors"]
+__all__ = ["ERROR_RESPONSES", "b64_all", "check_form_fields", "form", "form_number", "form_text", "json_body",
+           "json_object", "media", "reply", "request_body", "unsupported", "uploaded_files", "validation_errors"]
 
 # the error answers of the endpoints that read a body (OpenAPI "responses")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "malformed request: a multipart body that cannot be parsed (no boundary, broken parts), "
+                         "or more than one Authorization header"},
     401: {"description": "missing or invalid token"}, 413: {"description": "request or image too large"},
     415: {"description": "unsupported content type"}, 422: {"description": "invalid input"}}
 
@@ -63,6 +65,28 @@ async def uploaded_files(data: FormData, names: tuple[str, ...]) -> list[bytes]:
                                          "filename), not text")
             out.append(await value.read())
     return out
+
+
+def check_form_fields(data: FormData, model: type[BaseModel], also: tuple[str, ...] = ()) -> None:
+    """422 for a form field that ``model`` (an ``*Upload`` model) does not name (nor ``also``): an unknown field is
+    refused, never ignored."""
+    allowed = set(model.model_fields) | set(also)
+    unknown = sorted({name for name in data.keys() if name not in allowed})
+    if unknown:
+        hint = " (send an embedding as JSON, not in a multipart form)" if "embedding" in unknown else ""
+        raise HTTPException(422, f"form field {unknown[0]!r} is not accepted here{hint}; the fields are "
+                                 f"{', '.join(sorted(allowed))}")
+
+
+def form_number(data: FormData, name: str) -> float | None:
+    """A form field holding a number (None when missing; 422 when it is not a number)."""
+    text = form_text(data, name)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise HTTPException(422, f"form field {name!r} must be a number, got {text[:40]!r}") from None
 
 
 def form_text(data: FormData, name: str) -> str | None:

@@ -1,5 +1,8 @@
 """Run the service: bind the socket, open the resources, serve with uvicorn until SIGINT/SIGTERM (:func:`serve`).
 
+Requests are read under time limits (``--header-timeout``, ``--body-timeout``: :mod:`.read_timeouts`); the
+connections closed for being too slow are counted in ``reidserve_slow_connections_closed_total``.
+
 The socket is bound and the model, tokens and gallery are opened *before* uvicorn starts, so a port in use, a
 missing model or a locked gallery is one clear error (:class:`ServerError`, ``ModelLoadError``, ``StoreError``,
 ``TokenError``: all :class:`~reidserve.errors.ReidserveError`) instead of a log line from inside the server.
@@ -10,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import socket
 from collections.abc import Callable
+
+import uvicorn
 
 from pruneopt.common.files import atomic_write
 
 from ..errors import ReidserveError
 from .app import create_app
+from .read_timeouts import timed_protocol
 from .settings import ServiceSettings
 from .state import ServiceState
 
@@ -66,11 +71,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def serve(settings: ServiceSettings, announce: Callable[[str], None] = print) -> None:
     """Serve ``settings`` until interrupted; ``announce`` gets the warnings and the "serving on" line meant for
-    the person who started it (stderr on the command line)."""
-    # idle OpenMP threads sleep instead of spinning on the cores the event loop needs (set before FAISS loads)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import uvicorn  # lazy: only a serving process needs the server
-
+    the person who started it (stderr on the command line). Set ``OMP_WAIT_POLICY=PASSIVE`` before FAISS is
+    imported, as ``reidserve serve`` does, so that idle OpenMP threads sleep instead of spinning on the cores the
+    event loop needs."""
     s = settings
     if not is_loopback(s.host):
         announce(f"reidserve: warning: listening on {s.host}, reachable from other machines"
@@ -89,8 +92,10 @@ def serve(settings: ServiceSettings, announce: Callable[[str], None] = print) ->
     shown = f"[{s.host}]" if ":" in s.host else s.host
     announce(f"reidserve: serving {s.model.name} on http://{shown}:{bound} (docs: /docs, auth: {s.auth})")
     app = create_app(state=state)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=s.log_level, access_log=s.access_log, lifespan="on",
-                                           timeout_graceful_shutdown=15, server_header=False))
+    protocol = timed_protocol(s.header_timeout, s.body_timeout,
+                              on_timeout=lambda phase: state.metrics.slow_closed.labels(phase).inc())
+    server = uvicorn.Server(uvicorn.Config(app, http=protocol, log_level=s.log_level, access_log=s.access_log,
+                                           lifespan="on", timeout_graceful_shutdown=15, server_header=False))
     try:
         server.run(sockets=[sock])
     finally:

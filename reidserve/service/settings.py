@@ -97,6 +97,11 @@ class ServiceSettings(BaseSettings):
     max_items: int = Field(1024, ge=1, le=4096, description="gallery items per request")
     max_k: int = Field(1000, ge=1, le=10_000, description="results per search")
     max_pixels: int = Field(4_000_000, ge=1, description="width x height of one image, checked before decoding")
+    header_timeout: float = Field(10.0, gt=0, le=3600, description="seconds a client has to send a request's line "
+                                  "and headers (from connecting, or from the first byte of a later request on a "
+                                  "kept-alive connection); a slower connection is closed")
+    body_timeout: float = Field(60.0, gt=0, le=3600, description="seconds a client has to send a request's body once "
+                                "its headers are in (16 MiB in 60 s: 280 KB/s); a slower connection is closed")
     accept_model_change: bool = Field(False, description="serve a gallery filled by another model (only when both "
                                                          "produce the same embeddings)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="server log level")

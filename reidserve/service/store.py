@@ -61,9 +61,12 @@ class StoreError(ReidserveError, RuntimeError):
 
 
 def check_id(item_id: Any, what: str = "id") -> str:
-    """``item_id`` if it is a string of 1-128 characters from ``A-Z a-z 0-9 _ . : -``."""
+    """``item_id`` if it is a string of 1-128 characters from ``A-Z a-z 0-9 _ . : -`` other than ``.`` and ``..``
+    (which no URL path can carry: HTTP clients resolve them as this folder and the parent folder)."""
     if not isinstance(item_id, str) or not ID_RE.fullmatch(item_id):
         raise GalleryError(f"{what} {item_id!r} is not allowed: use 1-128 characters from A-Z a-z 0-9 _ . : -")
+    if item_id in (".", ".."):
+        raise GalleryError(f"{what} {item_id!r} is not allowed: a URL path cannot carry it (choose another id)")
     return item_id
 
 

@@ -80,12 +80,19 @@ def test_probes_docs_and_schema(http: httpx.Client) -> None:
 
 
 def test_stats_and_no_torch_in_the_server(http: httpx.Client, server: ServerProcess) -> None:
-    st = http.get("/v1/stats").json()
+    st = http.get("/v1/stats", headers=AUTH).json()
     assert st["torch_loaded"] is False
     assert st["model"]["input_shape"] == [3, 64, 32] and st["model"]["output_dim"] == 64
     assert st["model"]["runtime"] == "ort-cpu" and st["model"]["output_kind"] == "embedding"
     assert st["limits"]["max_k"] == 50 and st["auth"] == "mutating"
     assert st["pid"] == server.proc.pid
+    assert st["gallery"]["data_dir"] == server.args[server.args.index("--data-dir") + 1]
+    assert st["model"]["path"].endswith("embed.onnx")
+    anonymous = http.get("/v1/stats").json()  # no token: where the service runs is not shown (issue 17)
+    assert anonymous["pid"] is None and anonymous["gallery"]["data_dir"] is None and anonymous["model"]["path"] is None
+    assert anonymous["gallery"]["items"] == st["gallery"]["items"] and anonymous["torch_loaded"] is False
+    wrong = http.get("/v1/stats", headers={"Authorization": "Bearer " + "x" * 30}).json()
+    assert wrong["pid"] is None
     assert st["gc"]["frozen_objects"] > 10_000  # start-up objects are out of the collector's reach
     maps = Path(f"/proc/{server.proc.pid}/maps")
     if sys.platform.startswith("linux") and maps.exists():  # independent of the server's own word
@@ -491,7 +498,7 @@ def test_index_options_reach_the_store(models: dict[str, Path], tmp_path: Path) 
     state.open()
     try:
         store: Any = state.store
-        assert (store.ivf_codec, store.nlist, store.nprobe) == ("flat", 32, 4)
+        assert (store.options.ivf_codec, store.options.nlist, store.options.nprobe) == ("flat", 32, 4)
     finally:
         asyncio.run(state.stop())
     r = CliRunner().invoke(cli, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(tmp_path),

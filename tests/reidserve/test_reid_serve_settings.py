@@ -20,7 +20,8 @@ DEFAULTS = {
     "max_wait_ms": 2.0, "index": "ivf", "ivf_threshold": 20_000, "nlist": 0, "nprobe": 0, "ivf_codec": "sq8",
     "hnsw_m": 0, "ef_search": 0, "faiss_threads": 0, "search_max_batch": 64, "search_max_wait_ms": 1.0,
     "faiss_gpu": "auto", "snapshot_interval": 60.0, "auth": "mutating", "token_file": None, "max_body_mb": 16.0,
-    "max_images": 64, "max_items": 1024, "max_k": 1000, "max_pixels": 4_000_000, "accept_model_change": False,
+    "max_images": 64, "max_items": 1024, "max_k": 1000, "max_pixels": 4_000_000, "header_timeout": 10.0,
+    "body_timeout": 60.0, "accept_model_change": False,
     "log_level": "info", "access_log": False, "port_file": None, "tokens": (), "milvus_token": None,
 }
 

@@ -10,6 +10,7 @@ from ..fastpath import JSON_TYPES
 from ..payloads import (
     ERROR_RESPONSES,
     b64_all,
+    check_form_fields,
     form,
     json_body,
     media,
@@ -37,6 +38,7 @@ async def embed(request: Request, state: State) -> Response:
         blobs = await uploaded_files(data, ("images", "image"))
         if not blobs:
             raise HTTPException(422, "no image files: send them as multipart file parts named 'images'")
+        check_form_fields(data, EmbedUpload, also=("image",))
     else:
         raise unsupported(kind)
     emb = await state.embed_images(blobs, [f"images[{i}]" for i in range(len(blobs))])

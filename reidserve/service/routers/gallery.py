@@ -17,7 +17,9 @@ from ..fastpath import JSON_TYPES
 from ..payloads import (
     ERROR_RESPONSES,
     b64_all,
+    check_form_fields,
     form,
+    form_number,
     form_text,
     json_body,
     json_object,
@@ -78,12 +80,13 @@ async def _parse_items(request: Request, state: ServiceState) -> list[_Item]:
 async def _parse_upload(request: Request, state: ServiceState) -> _Item:
     data = await form(request, state.settings.max_images, state.settings.max_body_bytes)
     fields: dict[str, Any] = {"id": form_text(data, "id"), "camera": form_text(data, "camera"),
-                              "time": form_text(data, "time")}
+                              "time": form_number(data, "time")}
     meta_text = form_text(data, "metadata")
     blobs = await uploaded_files(data, ("images", "image"))
     if not blobs:
         raise HTTPException(422, "no image files: send them as multipart file parts named 'images' (or post JSON "
                                  "with an embedding)")
+    check_form_fields(data, GalleryUpload, also=("image",))
     try:
         meta = json_object(meta_text, "metadata")
         parsed = GalleryItemIn.model_validate({  # validated like JSON items; the embedding is a stand-in

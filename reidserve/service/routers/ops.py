@@ -1,4 +1,9 @@
-"""Operations: ``GET /v1/stats``, ``/metrics`` (Prometheus), ``/healthz`` (liveness), ``/readyz`` (readiness)."""
+"""Operations: ``GET /v1/stats``, ``/metrics`` (Prometheus), ``/healthz`` (liveness), ``/readyz`` (readiness).
+
+``/v1/stats`` shows where the service runs -- its process id, the data folder (or Milvus URI), the model file --
+only to callers that present a valid token (or to everyone under ``--auth none``, where every caller may also
+change the gallery); for the others those fields are ``null``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import time
 from typing import Any
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -21,12 +26,20 @@ __all__ = ["VERSION", "healthz", "metrics", "readyz", "router", "stats"]
 VERSION = "0.1.0"
 
 
-async def stats(state: State) -> dict[str, Any]:
+async def stats(request: Request, state: State) -> dict[str, Any]:
     embedder, store = state.running()
     assert state.model is not None
     gallery = await anyio.to_thread.run_sync(store.stats)
-    return {"version": VERSION, "pid": os.getpid(), "uptime_s": round(time.time() - state.started, 1),
-            "torch_loaded": "torch" in sys.modules, "auth": state.settings.auth, "model": state.model.describe(),
+    model = state.model.describe()
+    trusted = state.authorized(request.headers.get("authorization"), write=True)  # a valid token, or --auth none
+    if not trusted:  # where the files are (the Milvus URI: a file path for Milvus Lite)
+        model["path"] = None
+        for key in ("data_dir", "uri"):
+            if key in gallery:
+                gallery[key] = None
+    return {"version": VERSION, "pid": os.getpid() if trusted else None,
+            "uptime_s": round(time.time() - state.started, 1),
+            "torch_loaded": "torch" in sys.modules, "auth": state.settings.auth, "model": model,
             "batching": embedder.stats(),
             "search_batching": state.searcher.stats() if state.searcher is not None else None,
             "search_fast_path": dict(state.fast_search),

@@ -14,6 +14,7 @@ from ..dependencies import Access, State
 from ..fastpath import JSON_TYPES
 from ..payloads import (
     ERROR_RESPONSES,
+    check_form_fields,
     form,
     form_text,
     json_body,
@@ -49,6 +50,7 @@ async def search(request: Request, state: State) -> Response:
         blobs = await uploaded_files(data, ("image", "images"))
         if len(blobs) != 1:
             raise HTTPException(422, "send exactly one query image as a multipart file part named 'image'")
+        check_form_fields(data, SearchUpload, also=("images",))
         image = blobs[0]
         try:
             k_text = form_text(data, "k")
