@@ -30,17 +30,25 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
+from base64 import b64encode
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from reidserve.service.testing import ModelSpec, export_models  # noqa: E402
+from export.metadata import read_metadata  # noqa: E402
+from export.runners import make_runner  # noqa: E402
+from reidserve.service.process import ServerProcess  # noqa: E402
+from reidserve.service.sqlite_store import SqliteFaissStore  # noqa: E402
+from reidserve.service.store import GalleryRecord  # noqa: E402
+from tests.support.serving import ModelSpec, export_models, png_bytes, random_images  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 MODEL = ModelSpec("reid-resnet18-256x128.onnx", "resnet18", (3, 256, 128), features_only=True, last_stride=1)
@@ -84,9 +92,6 @@ def reid_like(n: int, dim: int, views: int, seed: int, queries: int = 0,
 
 def build_gallery(folder: Path, n: int, dim: int, model_id: str, index: str = "ivf", ef_search: int = 0,
                   codec: str = "sq8", nlist: int = 0) -> None:
-    from reidserve.service.sqlite_store import SqliteFaissStore
-    from reidserve.service.store import GalleryRecord
-
     marker = folder / "bench.json"
     want = {"n": n, "dim": dim, "model": model_id, "data": "reid_like/4"}
     if index != "ivf":
@@ -97,7 +102,6 @@ def build_gallery(folder: Path, n: int, dim: int, model_id: str, index: str = "i
             want["nlist"] = nlist
     if marker.is_file() and json.loads(marker.read_text()) == want:
         return
-    import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
     x, who, _ = reid_like(n, dim, 10, seed=0)
@@ -121,15 +125,13 @@ def in_process_search(folder: Path, dim: int, model_id: str, x: np.ndarray, quer
                       codec: str = "sq8") -> list[dict]:
     """Single-query searches on the store (its index, its lock), then exact search over the same vectors ``x``
     (gallery item ``g{i:07d}`` is ``x[i]``) for latency and recall@k of the store's index."""
-    import faiss
 
-    from reidserve.service.sqlite_store import SqliteFaissStore
 
     results = []
     with SqliteFaissStore(folder, dim, model_id=model_id, snapshot_interval=0, nprobe=nprobe, index=index,
                           ef_search=ef_search, ivf_codec=codec) as store:
         st = store.stats()
-        index = st["index"]
+        described = st["index"]
         print(f"  store opened in {st['startup']['seconds']:.2f} s (rebuilt: {st['startup']['rebuilt']})")
         lat, got_ids = [], []
         for q in queries[:50]:  # warm-up
@@ -139,8 +141,9 @@ def in_process_search(folder: Path, dim: int, model_id: str, x: np.ndarray, quer
             hits = store.search(q, k)[0]
             lat.append(time.perf_counter() - t0)
             got_ids.append({h.id for h in hits})
-        label = f"ivf {index['codec']}, nlist {index['nlist']}, nprobe {index['nprobe']}" if index["nlist"] else \
-            f"hnsw, M {index['hnsw_m']}, efSearch {index['ef_search']}" if index["kind"] == "hnsw" else "flat"
+        label = f"ivf {described['codec']}, nlist {described['nlist']}, nprobe {described['nprobe']}" \
+            if described["nlist"] else f"hnsw, M {described['hnsw_m']}, efSearch {described['ef_search']}" \
+            if described["kind"] == "hnsw" else "flat"
         results.append(summary(f"in-process search ({label})", lat, sum(lat), 0))
     flat = faiss.IndexFlatIP(dim)
     flat.add(x)
@@ -152,7 +155,8 @@ def in_process_search(folder: Path, dim: int, model_id: str, x: np.ndarray, quer
         recall.append(len({f"g{int(i):07d}" for i in ids[0]} & got) / k)
     r = summary(f"in-process exact flat search (k={k})", lat_f, sum(lat_f), 0)
     r["recall_at_k_of_store_index"] = round(float(np.mean(recall)), 4)
-    print(f"  recall@{k} of the store's {index['kind']} index vs exact search: {r['recall_at_k_of_store_index']:.3f}")
+    print(f"  recall@{k} of the store's {described['kind']} index vs exact search: "
+          f"{r['recall_at_k_of_store_index']:.3f}")
     results.append(r)
     return results
 
@@ -279,8 +283,60 @@ async def load_rate(port: int, rate: float, make_body: object, path: str, total:
     return lat, errors, loop.time() - start
 
 
+def search_phase(port: int, args: argparse.Namespace, queries: np.ndarray) -> dict[str, object]:
+    """Closed-loop searches with ``--clients`` clients, then open-loop ones at each of ``--rates``."""
+    results: dict[str, object] = {}
+    bodies = [json.dumps({"embedding": q.tolist(), "k": args.k}).encode() for q in queries[:1000]]
+    asyncio.run(load(port, args.clients, lambda i: bodies[i % len(bodies)], "/v1/search", 200, 30))  # warm-up
+    lat, err, secs = asyncio.run(load(port, args.clients, lambda i: bodies[i % len(bodies)], "/v1/search",
+                                      args.search_requests, args.max_seconds))
+    results["service_search"] = summary(f"service search ({args.clients} clients, k={args.k})", lat, secs, err)
+    for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
+        n = min(args.search_requests, int(rate * args.max_seconds))
+        lat_r, err_r, secs_r = asyncio.run(load_rate(port, rate, lambda i: bodies[i % len(bodies)], "/v1/search",
+                                                     n, args.max_seconds))
+        results[f"service_search_rate_{rate:g}"] = summary(f"service search (open loop, {rate:g}/s)", lat_r,
+                                                           secs_r, err_r)
+    return results
+
+
+def embed_phase(port: int, args: argparse.Namespace, model: Path,
+                input_shape: tuple[int, int, int]) -> dict[str, object]:
+    """The bare ONNX Runtime runner at batch ``--batch``, then ``--clients`` clients posting one image each."""
+    print(f"\n[2] embedding, batch {args.batch}, {args.threads} ONNX Runtime threads")
+    c, h, w = input_shape
+    jpegs = [png_bytes(im, "JPEG") for im in random_images(32, h, w, seed=5)]
+    embed_bodies = [json.dumps({"images": [b64encode(j).decode()]}).encode() for j in jpegs]
+    asyncio.run(load(port, args.clients, lambda i: embed_bodies[i % 32], "/v1/embed", 2 * args.clients, 60))
+    # the bare runner, measured while the server idles (its ONNX Runtime threads do not spin)
+    runner = make_runner("ort-cpu", model, threads=args.threads, spin=False)
+    xb = np.random.default_rng(0).standard_normal((args.batch, c, h, w)).astype(np.float32)
+    runner.run(xb)
+    lat_b: list[float] = []
+    tb = time.perf_counter()
+    while len(lat_b) * args.batch < args.embed_images and time.perf_counter() - tb < args.max_seconds:
+        t1 = time.perf_counter()
+        runner.run(xb)
+        lat_b.append(time.perf_counter() - t1)
+    bare_secs = time.perf_counter() - tb
+    runner.close()
+    bare = summary(f"bare runner (batch {args.batch})", lat_b, bare_secs, 0, unit="img",
+                   count=len(lat_b) * args.batch)
+    before = json.loads(asyncio.run(_get_stats(port)))["batching"]
+    lat_e, err_e, secs_e = asyncio.run(load(port, args.clients, lambda i: embed_bodies[i % 32], "/v1/embed",
+                                            args.embed_images, args.max_seconds))
+    svc = summary(f"service embed ({args.clients} clients x 1 image)", lat_e, secs_e, err_e, unit="img")
+    ratio = svc["img_per_s"] / bare["img_per_s"] if bare["img_per_s"] else float("nan")
+    after = json.loads(asyncio.run(_get_stats(port)))["batching"]
+    batches = after["batches"] - before["batches"]
+    mean_batch = round((after["images"] - before["images"]) / batches, 2) if batches else None
+    print(f"  service / bare runner throughput: {ratio:.3f}  (server micro-batches in this phase: {batches}, "
+          f"mean size {mean_batch}, max {args.batch})")
+    return {"bare_runner": bare, "service_embed": svc, "embed_ratio": round(ratio, 4), "mean_batch": mean_batch}
+
+
 # -- main ---------------------------------------------------------------------------------------------------------
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gallery", type=int, default=100_000)
     ap.add_argument("--clients", type=int, default=16)
@@ -302,11 +358,11 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "reidserve-bench")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--skip-embed", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    from export.metadata import read_metadata
-    from reidserve.service.process import ServerProcess
 
+def main() -> None:
+    args = parse_args()
     work: Path = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; work dir {work}")
@@ -337,55 +393,9 @@ def main() -> None:
                 "--ef-search", str(args.ef_search), "--ivf-codec", args.ivf_codec, *args.server_args.split()]
     with ServerProcess(srv_args, tokens=[TOKEN], log_path=work / "server.log") as srv:
         port = int(srv.port or 0)
-        bodies = [json.dumps({"embedding": q.tolist(), "k": args.k}).encode() for q in queries[:1000]]
-        asyncio.run(load(port, args.clients, lambda i: bodies[i % len(bodies)], "/v1/search", 200, 30))  # warm-up
-        lat, err, secs = asyncio.run(load(port, args.clients, lambda i: bodies[i % len(bodies)], "/v1/search",
-                                          args.search_requests, args.max_seconds))
-        results["service_search"] = summary(f"service search ({args.clients} clients, k={args.k})", lat, secs, err)
-        for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
-            n = min(args.search_requests, int(rate * args.max_seconds))
-            lat_r, err_r, secs_r = asyncio.run(load_rate(port, rate, lambda i: bodies[i % len(bodies)], "/v1/search",
-                                                         n, args.max_seconds))
-            results[f"service_search_rate_{rate:g}"] = summary(f"service search (open loop, {rate:g}/s)", lat_r,
-                                                               secs_r, err_r)
-
+        results.update(search_phase(port, args, queries))
         if not args.skip_embed:
-            print(f"\n[2] embedding, batch {args.batch}, {args.threads} ONNX Runtime threads")
-            from reidserve.service.testing import png_bytes, random_images
-
-            c, h, w = meta.input_shape
-            jpegs = [png_bytes(im, "JPEG") for im in random_images(32, h, w, seed=5)]
-            from base64 import b64encode
-
-            embed_bodies = [json.dumps({"images": [b64encode(j).decode()]}).encode() for j in jpegs]
-            asyncio.run(load(port, args.clients, lambda i: embed_bodies[i % 32], "/v1/embed", 2 * args.clients, 60))
-            # the bare runner, measured while the server idles (its ONNX Runtime threads do not spin)
-            from export.runners import make_runner
-
-            runner = make_runner("ort-cpu", model, threads=args.threads, spin=False)
-            xb = np.random.default_rng(0).standard_normal((args.batch, c, h, w)).astype(np.float32)
-            runner.run(xb)
-            lat_b: list[float] = []
-            tb = time.perf_counter()
-            while len(lat_b) * args.batch < args.embed_images and time.perf_counter() - tb < args.max_seconds:
-                t1 = time.perf_counter()
-                runner.run(xb)
-                lat_b.append(time.perf_counter() - t1)
-            bare_secs = time.perf_counter() - tb
-            runner.close()
-            bare = summary(f"bare runner (batch {args.batch})", lat_b, bare_secs, 0, unit="img",
-                           count=len(lat_b) * args.batch)
-            before = json.loads(asyncio.run(_get_stats(port)))["batching"]
-            lat_e, err_e, secs_e = asyncio.run(load(port, args.clients, lambda i: embed_bodies[i % 32], "/v1/embed",
-                                                    args.embed_images, args.max_seconds))
-            svc = summary(f"service embed ({args.clients} clients x 1 image)", lat_e, secs_e, err_e, unit="img")
-            ratio = svc["img_per_s"] / bare["img_per_s"] if bare["img_per_s"] else float("nan")
-            after = json.loads(asyncio.run(_get_stats(port)))["batching"]
-            batches = after["batches"] - before["batches"]
-            mean_batch = round((after["images"] - before["images"]) / batches, 2) if batches else None
-            print(f"  service / bare runner throughput: {ratio:.3f}  (server micro-batches in this phase: {batches}, "
-                  f"mean size {mean_batch}, max {args.batch})")
-            results.update(bare_runner=bare, service_embed=svc, embed_ratio=round(ratio, 4), mean_batch=mean_batch)
+            results.update(embed_phase(port, args, model, meta.input_shape))
         st = json.loads(asyncio.run(_get_stats(port)))
         results["torch_loaded_in_server"] = st["torch_loaded"]
     print(f"\nserver: torch loaded = {results['torch_loaded_in_server']}; load average now {os.getloadavg()[0]:.2f}")

@@ -10,7 +10,8 @@
 Images may be given as a path, raw file bytes, a PIL image or an ``HxW`` / ``HxWxC`` ``uint8`` array (sent as
 PNG). Images travel base64-encoded in JSON (``upload="json"``, the default) or as multipart files
 (``upload="multipart"``). A non-2xx answer raises :class:`ReidClientError` carrying the status and the server's
-``detail`` message. This module imports neither torch nor the service.
+``detail`` message; so do a server that cannot be reached and an image or token file that cannot be read
+(``status`` 0). This module imports neither torch nor the service.
 """
 
 from __future__ import annotations
@@ -21,17 +22,21 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
 
-__all__ = ["ReidClient", "ReidClientError", "image_bytes"]
+from .errors import ReidserveError
+
+__all__ = ["ReidClient", "ReidClientError", "image_bytes", "read_token_file"]
 
 ImageLike = str | os.PathLike[str] | bytes | np.ndarray | Any  # Any: a PIL image
 
 
-class ReidClientError(Exception):
-    """The server refused a request (``status`` >= 400) or could not be reached (``status`` 0)."""
+class ReidClientError(ReidserveError):
+    """The server refused a request (``status`` >= 400) or could not be reached, or the request could not be made
+    (``status`` 0); the message says which and why."""
 
     def __init__(self, status: int, detail: Any, method: str = "", path: str = "") -> None:
         self.status, self.detail = status, detail
@@ -78,8 +83,30 @@ def image_bytes(image: ImageLike) -> bytes:
                              "or a uint8 array)")
 
 
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """The first token of a token file (one per line; blank lines and ``#`` comments are skipped), such as the
+    server's ``DATA_DIR/token``."""
+    p = Path(path)
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ReidClientError(0, f"--token-file {p}: {reason}") from None
+    found = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not found:
+        raise ReidClientError(0, f"--token-file {p} holds no token")
+    return found[0]
+
+
 def _b64(image: ImageLike) -> str:
     return base64.b64encode(image_bytes(image)).decode("ascii")
+
+
+def _item_path(item_id: str) -> str:
+    """The URL path of a gallery item (the id percent-encoded); ``.`` and ``..`` cannot be sent in a path."""
+    if item_id in (".", ".."):
+        raise ReidClientError(0, f"item id {item_id!r} cannot be sent in a URL path (the server refuses such ids)")
+    return "/v1/gallery/" + quote(item_id, safe="")
 
 
 class ReidClient:
@@ -177,10 +204,10 @@ class ReidClient:
 
     def get(self, item_id: str, *, include_embedding: bool = False) -> dict[str, Any]:
         params = {"include_embedding": "true"} if include_embedding else None
-        return self.request("GET", f"/v1/gallery/{item_id}", params=params).json()
+        return self.request("GET", _item_path(item_id), params=params).json()
 
     def delete(self, item_id: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/v1/gallery/{item_id}").json()
+        return self.request("DELETE", _item_path(item_id)).json()
 
     def search(self, *, image: ImageLike | None = None, embedding: Sequence[float] | np.ndarray | None = None,
                k: int = 10, cameras: Sequence[str] | None = None, exclude_cameras: Sequence[str] = (),

@@ -15,7 +15,7 @@ exceed ``HNSW_MAX_DEAD`` of the graph (the store then rebuilds it from the live 
 It is *not* thread-safe: FAISS allows no mutation concurrent with a search, so the store holds one lock
 around every call.
 
-A snapshot is one file written atomically (temporary file, fsync, rename, fsync of the folder)::
+A snapshot is one file written atomically (a temporary file of its own, fsync, rename, fsync of the folder)::
 
     b"RSIDX\\x00\\x01\\n" | header length (4 bytes, little endian) | header JSON | faiss.serialize_index bytes |
     SHA-256 of header + index bytes
@@ -30,16 +30,18 @@ import hashlib
 import json
 import logging
 import math
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import faiss
 import numpy as np
 
+from pruneopt.common.files import atomic_write
+
 from ..errors import ReidserveError
 
-log = logging.getLogger("reidserve.service")
+log = logging.getLogger(__name__)
 
 MAGIC = b"RSIDX\x00\x01\n"
 SNAPSHOT_FORMAT = "reidserve.index/1"
@@ -91,6 +93,34 @@ def default_nprobe(nlist: int) -> int:
     0.999 vs 0.992 with 128- and 256-d latent structure, 0.994 vs 0.988 at 20,000 items; 0.35 vs 0.47 ms per query in
     batches of 16 on 2 cores."""
     return int(min(nlist, max(16, nlist // 32)))
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """The index a gallery asks for: its ``kind`` (flat, ivf, hnsw), the gallery size at which IVF takes over from
+    exact search, IVF lists (0: :func:`choose_nlist`), lists searched (0: :func:`default_nprobe`) and codec, HNSW
+    neighbours and candidates per query (0: ``HNSW_M``, ``HNSW_EF_SEARCH``), and whether to use a GPU."""
+
+    kind: str = "ivf"
+    ivf_threshold: int = 20_000
+    nlist: int = 0
+    nprobe: int = 0
+    ivf_codec: str = "sq8"
+    hnsw_m: int = 0
+    ef_search: int = 0
+    use_gpu: bool = False
+
+    def build(self, dim: int, ids: np.ndarray, vectors: np.ndarray, *, train: bool = False) -> VectorIndex:
+        """An index of this kind holding ``vectors``: an HNSW graph; an IVF index once the gallery reached
+        ``ivf_threshold`` (or when ``train`` is asked for); else an exact flat one."""
+        if self.kind == "hnsw":
+            return VectorIndex.build_hnsw(dim, vectors, ids, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
+        if self.kind == "ivf" and (train or len(ids) >= self.ivf_threshold):
+            return VectorIndex.train_ivf(dim, vectors, ids, nlist=self.nlist, nprobe=self.nprobe,
+                                         use_gpu=self.use_gpu, codec=self.ivf_codec)
+        index = VectorIndex(dim, "flat", use_gpu=self.use_gpu)
+        index.add(ids, vectors)
+        return index
 
 
 class VectorIndex:
@@ -285,6 +315,11 @@ class VectorIndex:
                 "tombstones": self.dead if self.kind == "hnsw" else None}
 
     # -- snapshots ------------------------------------------------------------------------------------------
+    def snapshot_header(self, seq: int, model_id: str) -> dict[str, Any]:
+        """The header of a snapshot of this index at store sequence number ``seq``."""
+        return {"seq": seq, "model": model_id, "dim": self.dim, "kind": self.kind, "nlist": self.nlist,
+                "codec": self.codec, "ntotal": self.ntotal, "trained_n": self.trained_n, "format": SNAPSHOT_FORMAT}
+
     def serialize(self) -> np.ndarray:
         """The index as FAISS's serialised bytes (``uint8`` array, a copy)."""
         return faiss.serialize_index(self.cpu_index())
@@ -323,22 +358,44 @@ class VectorIndex:
         return out, header
 
 
-def write_snapshot_file(path: Path, header: dict[str, Any], payload: np.ndarray | bytes) -> int:
+def check_snapshot_fits(path: Path, index: VectorIndex, header: dict[str, Any], *, store_seq: int, model_id: str,
+                        options: IndexOptions) -> int:
+    """The sequence number of a loaded snapshot if it fits the gallery it is to serve (the model, the store's
+    sequence number, the index kind, IVF codec and HNSW degree asked for); raises :class:`SnapshotError`."""
+    kind, codec, hnsw_m = options.kind, options.ivf_codec, options.hnsw_m
+    snap_seq = int(header.get("seq", -1))
+    if header.get("model", "") != model_id and model_id:
+        raise SnapshotError(f"{path} was written for another model")
+    if snap_seq > store_seq or snap_seq < 0:
+        raise SnapshotError(f"{path} is newer than the store (seq {snap_seq} > {store_seq})")
+    if index.kind == "ivf" and kind == "flat":
+        raise SnapshotError(f"{path} holds an IVF index but --index flat was asked for")
+    if (index.kind == "hnsw") != (kind == "hnsw"):
+        raise SnapshotError(f"{path} holds a {index.kind} index, not the {kind} one asked for")
+    if index.kind == "ivf" and index.codec != codec:
+        raise SnapshotError(f"{path} holds an IVF index with {index.codec} lists, not {codec}")
+    if index.kind == "hnsw" and hnsw_m and index.hnsw_m != hnsw_m:
+        raise SnapshotError(f"{path} holds an HNSW graph with M {index.hnsw_m}, not {hnsw_m}")
+    return snap_seq
+
+
+def write_snapshot_file(path: Path, header: dict[str, Any], payload: np.ndarray | bytes, mode: int = 0o600) -> int:
+    """Write a snapshot file atomically (:func:`pruneopt.common.files.atomic_write`: a temporary name of its own,
+    so concurrent writers never share one; fsync, rename, fsync of the folder), readable by its owner only by
+    default; returns its size in bytes."""
     head = json.dumps(header, sort_keys=True).encode()
     view = memoryview(payload).cast("B") if not isinstance(payload, bytes) else memoryview(payload)
     digest = hashlib.sha256(head)
     digest.update(view)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+
+    def write(f: IO[bytes]) -> None:
         f.write(MAGIC)
         f.write(len(head).to_bytes(4, "little"))
         f.write(head)
         f.write(view)
         f.write(digest.digest())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+
+    atomic_write(path, write, mode=mode)
     return path.stat().st_size
 
 
@@ -365,16 +422,3 @@ def read_snapshot_file(path: Path) -> tuple[dict[str, Any], np.ndarray]:
     if not isinstance(header, dict):
         raise SnapshotError(f"{path}: malformed header")
     return header, np.frombuffer(payload, dtype=np.uint8)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)

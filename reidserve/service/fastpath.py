@@ -11,7 +11,8 @@ else* to the app unchanged, so the API, its error responses and its OpenAPI sche
   to the app, which answers 401 and counts the failure;
 - the body is validated by the route's own pydantic model; a body that does not validate, or that the handler
   declines (returns ``None``, e.g. an image query) or fails on (raises), goes to the app with the body replayed;
-- ``scope["route"]`` is set to the app's route for the path, so the metrics middleware labels it as before.
+- ``scope["route"]`` is set to the app's route for the path, so the metrics middleware labels it as before (also
+  when the client goes away before its body is in: the metrics count that as 499, nothing is sent).
 
 Only a 200 answer is ever produced here; every other status comes from the app.
 """
@@ -77,7 +78,8 @@ class JsonFastPath:
         more = True
         while more:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away
+            if message["type"] != "http.request":  # the client went away: nothing to answer
+                self._label(scope)
                 return
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
@@ -91,14 +93,18 @@ class JsonFastPath:
             self.counts["passed"] += 1
             await self.app(scope, _replay(body, receive), send)
             return
-        route = self.route()
-        if route is not None:
-            scope["route"] = route
+        self._label(scope)
         self.counts["answered"] += 1
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(out)).encode())]})
         await send({"type": "http.response.body", "body": out})
+
+
+    def _label(self, scope: Scope) -> None:
+        route = self.route()
+        if route is not None:
+            scope["route"] = route
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,13 +34,13 @@ from .store import (
     check_records,
 )
 
-log = logging.getLogger("reidserve.service")
+log = logging.getLogger(__name__)
 
 FORMAT = "reidserve.milvus/1"
 _FIELDS = ["camera", "ts", "meta", "seq"]
 
 
-def _quote(values: Sequence[str]) -> str:
+def _quote(values: Collection[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in sorted(values)) + "]"
 
 
@@ -70,7 +70,7 @@ class MilvusStore:
     def __init__(self, uri: str, dim: int, *, collection: str = "reidserve_gallery", model_id: str = "",
                  accept_model_change: bool = False, token: str | None = None) -> None:
         try:
-            from pymilvus import DataType, MilvusClient
+            from pymilvus import DataType, MilvusClient  # lazy: an optional, heavy dependency
         except ImportError as exc:
             raise StoreError("the Milvus store needs pymilvus (and milvus-lite for milvus-lite:// stores): "
                              "pip install 'pruneopt[milvus]'") from exc

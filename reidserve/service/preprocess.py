@@ -6,10 +6,12 @@ than ``max_pixels`` pixels (checked *before* any pixel is decoded, so a decompre
 truncated or corrupt data. Every refusal is an :class:`ImageError` with a message for the client (the service
 answers 413 for too many pixels, 422 otherwise).
 
-Preprocessing matches ``pruneopt export``'s metadata (:class:`export.metadata.ExportMetadata`): convert to the
-model's colour mode (``RGB`` or ``L``), bilinear resize to the input height x width (as
-``reidserve.data.transforms.resize`` does for training), then ``(pixel * pixel_scale - mean) / std`` per channel
-in NCHW layout (:meth:`ExportMetadata.preprocess`).
+A decoded image is made upright (EXIF orientation), scaled to 8 bits (16-bit and 32-bit images) and converted to
+the model's colour mode (``RGB`` or ``L``) by :func:`reidserve.imageio.prepare` -- the function the training and
+evaluation readers share, so that both see the same pixels -- then resized (bilinear) to the model's input
+height x width (as ``reidserve.data.transforms.resize`` does for training). :func:`to_batch` then applies
+``pruneopt export``'s metadata (:meth:`export.metadata.ExportMetadata.preprocess`: ``(pixel * pixel_scale - mean) /
+std`` per channel, NCHW).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from export.metadata import ExportMetadata
 
 from ..errors import ReidserveError
+from ..imageio import ROTATED_ORIENTATIONS, orientation, prepare
 
 __all__ = ["ALLOWED_FORMATS", "ImageError", "ImageTooLarge", "decode_base64", "decode_image", "to_batch"]
 
@@ -88,12 +91,15 @@ def decode_image(data: bytes, size: tuple[int, int], mode: str, *, max_pixels: i
                                 "crops, not whole frames")
         th, tw = size
         try:
-            if im.format == "JPEG":
-                im.draft("RGB" if mode == "RGB" else "L", (tw, th))  # DCT-domain downscale, still >= the target
+            if im.format == "JPEG":  # DCT-domain downscale, still >= the target (as stored: before the rotation)
+                box = (th, tw) if orientation(im) in ROTATED_ORIENTATIONS else (tw, th)
+                im.draft("RGB" if mode == "RGB" else "L", box)
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im.load()
-            out = im.convert(mode) if im.mode != mode else im.copy()
+            out = prepare(im, mode)
+            if out is im:
+                out = im.copy()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageTooLarge(f"{what} has more pixels than the limit of {max_pixels}") from None
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:

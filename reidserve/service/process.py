@@ -22,15 +22,14 @@ from pathlib import Path
 
 import httpx
 
+from .server import ServerError
+
 __all__ = ["ServerError", "ServerProcess"]
 
 
-class ServerError(RuntimeError):
-    """The server process did not come up (its log tail is in the message)."""
-
-
 class ServerProcess:
-    """A ``python -m reidserve.service`` subprocess (see the module docstring)."""
+    """A ``python -m reidserve.cli serve`` subprocess (see the module docstring); :class:`ServerError` (its log
+    tail in the message) when it does not come up."""
 
     def __init__(self, args: Sequence[str], *, tokens: Sequence[str] | None = None, host: str = "127.0.0.1",
                  env: dict[str, str] | None = None, log_path: str | Path | None = None) -> None:
@@ -63,7 +62,7 @@ class ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "reidserve.service", *self.args, "--host", self.host, "--port", "0",
+                [sys.executable, "-m", "reidserve.cli", "serve", *self.args, "--host", self.host, "--port", "0",
                  "--port-file", str(self.port_file)],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env)
         finally:

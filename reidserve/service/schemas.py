@@ -2,8 +2,13 @@
 
 JSON requests carry images as base64 strings; the same endpoints take ``multipart/form-data`` uploads, described
 by the ``*Upload`` models (files in ``images`` / ``image``, other fields as form fields, ``metadata`` and
-``filter`` as JSON text). Static bounds here are hard ceilings; the server's configured limits (``--max-images``,
-``--max-k``, ...) are checked on top and reported in ``GET /v1/stats``.
+``filter`` as JSON text; fields they do not name are refused). Static bounds here are hard ceilings; the server's
+configured limits (``--max-images``, ``--max-k``, ...) are checked on top and reported in ``GET /v1/stats``.
+
+JSON bodies are validated strictly: a number is not accepted as a string nor the reverse, ``true`` is not ``1``,
+``"5"`` is not ``5``. The rule "exactly one of image / images / embedding" is in the JSON Schema too (``oneOf``).
+Item ids are 1-128 characters of ``A-Z a-z 0-9 _ . : -``, except ``.`` and ``..``, which a URL path cannot carry
+(HTTP clients resolve them as "this folder" and "the parent folder").
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ HARD_MAX_ITEMS = 4096
 HARD_MAX_K = 10_000
 HARD_MAX_DIM = 65_536
 
-ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$", description="1-128 of A-Z a-z 0-9 _ . : -",
+# 1-128 of [A-Za-z0-9_.:-], but not "." nor "..": starting with a non-dot, or with one dot and a non-dot, or with
+# two dots and anything more (the regex engine has no lookahead)
+ID_PATTERN = (r"^(?:[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}|\.[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,126}"
+              r"|\.\.[A-Za-z0-9_.:-]{1,126})$")
+ItemId = Annotated[str, Field(pattern=ID_PATTERN, description="1-128 of A-Z a-z 0-9 _ . : - (not . or ..)",
                               examples=["person-0042"])]
 CameraId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="1-64 of A-Z a-z 0-9 _ . : -",
                                 examples=["cam3"])]
@@ -52,7 +61,20 @@ MetaValue = str | int | float | bool | None
 
 
 class _Strict(BaseModel):
+    """A JSON request body: no unknown fields, no type coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Upload(BaseModel):
+    """A multipart request body (documentation of its fields; read by hand): no unknown fields."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+def _exactly_one(*fields_and_types: tuple[str, str]) -> dict[str, Any]:
+    """JSON Schema of "exactly one of these fields is given (not null)"."""
+    return {"oneOf": [{"required": [name], "properties": {name: {"type": kind}}} for name, kind in fields_and_types]}
 
 
 def _check_meta(value: dict[str, Any] | None) -> dict[str, Any]:
@@ -63,7 +85,7 @@ class EmbedRequest(_Strict):
     images: list[Base64Image] = Field(min_length=1, max_length=HARD_MAX_IMAGES)
 
 
-class EmbedUpload(BaseModel):
+class EmbedUpload(_Upload):
     images: list[bytes] = Field(min_length=1, description="image files", json_schema_extra={
         "items": {"type": "string", "format": "binary"}})
 
@@ -77,6 +99,9 @@ class EmbedResponse(BaseModel):
 class GalleryItemIn(_Strict):
     """One gallery item: its id and exactly one of ``image``, ``images`` (embeddings averaged, e.g. a tracklet)
     or ``embedding``."""
+
+    model_config = ConfigDict(json_schema_extra=_exactly_one(("image", "string"), ("images", "array"),
+                                                             ("embedding", "array")))
 
     id: ItemId
     image: Base64Image | None = None
@@ -100,7 +125,7 @@ class GalleryAddRequest(_Strict):
     items: list[GalleryItemIn] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
 
 
-class GalleryUpload(BaseModel):
+class GalleryUpload(_Upload):
     id: ItemId
     images: list[bytes] = Field(min_length=1, description="one or more image files of the item",
                                 json_schema_extra={"items": {"type": "string", "format": "binary"}})
@@ -147,6 +172,8 @@ class SearchFilterIn(_Strict):
 class SearchRequest(_Strict):
     """A query: exactly one of ``image`` or ``embedding``."""
 
+    model_config = ConfigDict(json_schema_extra=_exactly_one(("image", "string"), ("embedding", "array")))
+
     image: Base64Image | None = None
     embedding: Embedding | None = None
     k: int = Field(default=10, ge=1, le=HARD_MAX_K)
@@ -159,7 +186,7 @@ class SearchRequest(_Strict):
         return self
 
 
-class SearchUpload(BaseModel):
+class SearchUpload(_Upload):
     image: bytes = Field(description="the query image file", json_schema_extra={"format": "binary"})
     k: int = Field(default=10, ge=1, le=HARD_MAX_K)
     filter: str | None = Field(default=None, description="a JSON SearchFilterIn object")

@@ -1,6 +1,6 @@
 """The embedded gallery: SQLite (WAL, the durable record) plus a FAISS index (the fast search), kept level.
 
-Files in the data folder::
+Files in the data folder (each readable by its owner only, mode 0600, like the token file)::
 
     gallery.sqlite3   items (id, int64 FAISS id, sequence number, camera, time, metadata, vector) + info
     index.snapshot    the FAISS index and the sequence number it reflects (see :mod:`.faiss_index`)
@@ -19,47 +19,45 @@ rows of the store; any difference, or an unreadable snapshot, rebuilds the index
 written atomically every ``snapshot_interval`` seconds when something changed, after an IVF index is trained,
 and on close; tombstones older than the snapshot are then dropped.
 
-**Index kinds.** ``hnsw``: an HNSW graph (``--hnsw-m`` neighbours, ``--ef-search``) from the start; deletes and
-replaced vectors are tombstones skipped by every search, and the graph is rebuilt from the store's live vectors
-in the background (like IVF training) once tombstones exceed 20% of it (checked after writes and snapshots).
-``flat``: exact ``IndexIDMap2(IndexFlatIP)``. ``ivf``: flat until the gallery holds
-``ivf_threshold`` items, then an IVF index (about 8 sqrt(n) lists, ``nprobe`` lists searched, approximate; lists
-coded ``ivf_codec``: ``sq8`` 8-bit scalar quantisation, the default, or ``flat`` float32; a snapshot with the
-other codec is rebuilt)
-trained in a background thread on the store's vectors at one sequence number and swapped in after replaying the
-writes made meanwhile; trained again the same way when the gallery has grown 4x since. String ids map to FAISS
-int64 ids through the store's ``fid`` column (``AUTOINCREMENT``: never reused).
+**Index kinds** (:class:`~.faiss_index.IndexOptions`). ``flat``: exact ``IndexIDMap2(IndexFlatIP)``. ``ivf``: flat
+until the gallery holds ``ivf_threshold`` items, then an IVF index (about 8 sqrt(n) lists, ``nprobe`` searched;
+lists coded ``sq8``, the default, or ``flat``; a snapshot with the other codec is rebuilt) trained in a background
+thread on the store's vectors at one sequence number and swapped in after replaying the writes made meanwhile;
+trained again the same way when the gallery has grown 4x since. ``hnsw``: an HNSW graph from the start; deletes
+and replaced vectors are tombstones skipped by every search, and the graph is rebuilt the same way once tombstones
+exceed 20% of it. String ids map to FAISS int64 ids through the ``fid`` column (``AUTOINCREMENT``: never reused).
 
 **Threads.** FAISS allows no mutation concurrent with a search: one lock (``_index_lock``) covers every index
 call and the in-memory id/metadata maps; a second (``_write_lock``) serialises writers, so index mutations happen
-in sequence-number order.
+in sequence-number order; a third serialises snapshots (each also has a temporary file of its own).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
+
+from pruneopt.common.files import ExclusiveLock, LockBusy
+from pruneopt.common.threads import faiss_threads as faiss_omp_threads
 
 from .faiss_index import (
     INDEX_KINDS,
     IVF_CODECS,
-    SNAPSHOT_FORMAT,
+    IndexOptions,
     SnapshotError,
     VectorIndex,
-    choose_nlist,
+    check_snapshot_fits,
     gpu_available,
     write_snapshot_file,
 )
+from .filtered_search import filtered_top_k
+from .sqlite_db import DB_FILE, PRIVATE, Entry, GalleryDatabase, UpsertRow, make_private
 from .store import (
     GalleryError,
     GalleryRecord,
@@ -75,69 +73,13 @@ from .store import (
     load_metadata,
 )
 
-log = logging.getLogger("reidserve.service")
+__all__ = ["DB_FILE", "LOCK_FILE", "SNAPSHOT_FILE", "GalleryError", "SqliteFaissStore"]
 
-DB_FILE = "gallery.sqlite3"
+log = logging.getLogger(__name__)
+
 SNAPSHOT_FILE = "index.snapshot"
 LOCK_FILE = "gallery.lock"
-STORE_FORMAT = "reidserve.gallery/1"
 INLINE_FLOATS = 1_000_000  # a query reading up to this many floats (~0.3 ms) may run on the event loop
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    fid INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    seq INTEGER NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0,
-    camera TEXT,
-    ts REAL,
-    meta TEXT,
-    vec BLOB
-);
-CREATE INDEX IF NOT EXISTS items_seq ON items (seq);
-CREATE INDEX IF NOT EXISTS items_deleted ON items (deleted);
-"""
-
-
-@dataclass
-class _Entry:
-    id: str
-    camera: str | None
-    time: float | None
-    meta: str | None
-    seq: int
-
-
-class _DirLock:
-    """An exclusive ``flock`` on ``path`` (no-op where ``fcntl`` does not exist)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = ""
-            try:
-                holder = os.read(fd, 64).decode(errors="replace").strip()
-            finally:
-                os.close(fd)
-            raise StoreError(f"{path.parent} is in use by another reidserve process"
-                             f"{f' (pid {holder})' if holder else ''}; stop it or give another --data-dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
 
 
 class SqliteFaissStore:
@@ -164,22 +106,18 @@ class SqliteFaissStore:
         self.dim = int(dim)
         self.folder = Path(data_dir)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.index_kind = index
-        self.ivf_threshold = max(1, int(ivf_threshold))
-        self.nlist, self.nprobe = int(nlist), int(nprobe)
-        self.hnsw_m, self.ef_search = int(hnsw_m), int(ef_search)
-        self.ivf_codec = ivf_codec
+        self.options = IndexOptions(index, max(1, int(ivf_threshold)), int(nlist), int(nprobe), ivf_codec,
+                                    int(hnsw_m), int(ef_search), gpu == "on" or (gpu == "auto" and gpu_available()))
         self.snapshot_interval = float(snapshot_interval)
-        self.use_gpu = gpu == "on" or (gpu == "auto" and gpu_available())
         self.model_id = model_id
         self.on_change = on_change
-        # OpenMP's thread count is per calling thread: it is set again in every thread that calls FAISS
+        # OpenMP's thread count is per calling thread: every block that calls FAISS sets it (and restores it)
         self.faiss_threads = max(1, int(faiss_threads or 1))
-        faiss.omp_set_num_threads(self.faiss_threads)
         self._write_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._entries: dict[int, _Entry] = {}
+        self._snapshot_lock = threading.Lock()
+        self._entries: dict[int, Entry] = {}
         self._fids: dict[str, int] = {}
         self._seq = 0
         self._applied_seq = 0
@@ -190,12 +128,22 @@ class SqliteFaissStore:
         self._train_error: str | None = None
         self._closed = True
         self._stop = threading.Event()
-        self._lock = _DirLock(self.folder / LOCK_FILE)
+        self._sql = GalleryDatabase(self.folder, self.dim)
         try:
-            self._db = self._connect()
-            self._read_db = self._connect()
-            self._init_info(accept_model_change)
-            self._load()
+            self._lock = ExclusiveLock(self.folder / LOCK_FILE, mode=PRIVATE)
+        except LockBusy as exc:
+            holder = f" ({exc.holder})" if exc.holder else ""
+            raise StoreError(f"{self.folder} is in use by another reidserve process{holder}; stop it or give another "
+                             "--data-dir") from None
+        try:
+            for name in (LOCK_FILE, SNAPSHOT_FILE):  # files of a gallery from before they were private
+                if (self.folder / name).exists():
+                    make_private(self.folder / name)
+            self._db = self._sql.connect()
+            self._read_db = self._sql.connect()
+            self._seq = self._sql.init_info(self._db, model_id, accept_model_change)
+            with faiss_omp_threads(self.faiss_threads):
+                self._load()
         except BaseException:
             self._lock.release()
             raise
@@ -205,80 +153,20 @@ class SqliteFaissStore:
         self._maybe_train()
 
     # -- opening ----------------------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        path = self.folder / DB_FILE
-        try:
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path} cannot be opened as a gallery database ({exc}); move it away or give "
-                             "another --data-dir") from exc
-        return db
-
-    def _init_info(self, accept_model_change: bool) -> None:
-        info = dict(self._db.execute("SELECT key, value FROM info").fetchall())
-        path = self.folder / DB_FILE
-        if not info:
-            self._db.executemany("INSERT INTO info (key, value) VALUES (?, ?)", [
-                ("format", STORE_FORMAT), ("dim", str(self.dim)), ("model", self.model_id), ("seq", "0"),
-                ("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))])
-            return
-        if info.get("format") != STORE_FORMAT:
-            raise StoreError(f"{path} is not a reidserve gallery (format {info.get('format')!r})")
-        if int(info.get("dim", -1)) != self.dim:
-            raise StoreError(f"{self.folder} holds {info.get('dim')}-dimensional embeddings but the model outputs "
-                             f"{self.dim}: give a new --data-dir for this model")
-        stored_model = info.get("model", "")
-        if self.model_id and stored_model and stored_model != self.model_id:
-            if not accept_model_change:
-                raise StoreError(f"{self.folder} was filled by another model ({stored_model[:16]}..., this one is "
-                                 f"{self.model_id[:16]}...); embeddings of different models are not comparable: "
-                                 "give a new --data-dir, or pass --accept-model-change if the new model produces "
-                                 "the same embeddings")
-            self._db.execute("UPDATE info SET value = ? WHERE key = 'model'", (self.model_id,))
-            log.warning("gallery %s: the model changed (%s -> %s), accepted", self.folder, stored_model[:16],
-                        self.model_id[:16])
-        self._seq = int(info.get("seq", "0"))
-
-    def _rows(self, sql: str, args: tuple[Any, ...] = (), db: sqlite3.Connection | None = None,
-              chunk: int = 8192) -> Iterator[list[tuple[Any, ...]]]:
-        cur = (db or self._db).execute(sql, args)
-        while True:
-            rows = cur.fetchmany(chunk)
-            if not rows:
-                return
-            yield rows
-
     def _load(self) -> None:
         t0 = time.perf_counter()
-        for rows in self._rows("SELECT fid, id, camera, ts, meta, seq FROM items WHERE deleted = 0"):
-            for fid, item_id, camera, ts, meta, seq in rows:
-                self._entries[fid] = _Entry(item_id, camera, ts, meta, seq)
-                self._fids[item_id] = fid
+        self._entries, self._fids = self._sql.entries(self._db)
         index, how = None, ""
         self.startup: dict[str, Any] = {"snapshot_seq": None, "replayed": 0, "rebuilt": False}
         snap = self.folder / SNAPSHOT_FILE
         if snap.exists():
             try:
-                index, header = VectorIndex.read_snapshot(snap, dim=self.dim, nprobe=self.nprobe,
-                                                          ef_search=self.ef_search, use_gpu=self.use_gpu)
-                snap_seq = int(header.get("seq", -1))
-                if header.get("model", "") != self.model_id and self.model_id:
-                    raise SnapshotError(f"{snap} was written for another model")
-                if snap_seq > self._seq or snap_seq < 0:
-                    raise SnapshotError(f"{snap} is newer than the store (seq {snap_seq} > {self._seq})")
-                if index.kind == "ivf" and self.index_kind == "flat":
-                    raise SnapshotError(f"{snap} holds an IVF index but --index flat was asked for")
-                if (index.kind == "hnsw") != (self.index_kind == "hnsw"):
-                    raise SnapshotError(f"{snap} holds a {index.kind} index, not the {self.index_kind} one asked for")
-                if index.kind == "ivf" and index.codec != self.ivf_codec:
-                    raise SnapshotError(f"{snap} holds an IVF index with {index.codec} lists, not {self.ivf_codec}")
-                if index.kind == "hnsw" and self.hnsw_m and index.hnsw_m != self.hnsw_m:
-                    raise SnapshotError(f"{snap} holds an HNSW graph with M {index.hnsw_m}, not {self.hnsw_m}")
-                replayed = self._replay(index, snap_seq)
+                o = self.options
+                index, header = VectorIndex.read_snapshot(snap, dim=self.dim, nprobe=o.nprobe, ef_search=o.ef_search,
+                                                          use_gpu=o.use_gpu)
+                snap_seq = check_snapshot_fits(snap, index, header, store_seq=self._seq, model_id=self.model_id,
+                                               options=self.options)
+                replayed = self._sql.replay_into(index, self._db, snap_seq)
                 self._snapshot_seq = snap_seq
                 self._snapshot_time = snap.stat().st_mtime
                 self.startup.update(snapshot_seq=snap_seq, replayed=replayed)
@@ -299,75 +187,18 @@ class SqliteFaissStore:
         log.info("gallery %s: %d items, %s index (%s) in %.2f s", self.folder, len(self._entries), index.kind, how,
                  time.perf_counter() - t0)
 
-    def _replay(self, index: VectorIndex, after_seq: int, db: sqlite3.Connection | None = None) -> int:
-        """Apply every row written after ``after_seq`` to ``index``; returns how many."""
-        n = 0
-        present = set(index.ids().tolist())
-        for rows in self._rows("SELECT fid, deleted, vec FROM items WHERE seq > ? ORDER BY seq", (after_seq,),
-                               db=db):
-            drop = np.array([r[0] for r in rows if r[0] in present], dtype=np.int64)
-            index.remove(drop)
-            present.difference_update(drop.tolist())
-            live = [(r[0], r[2]) for r in rows if not r[1]]
-            if live:
-                ids = np.array([fid for fid, _ in live], dtype=np.int64)
-                index.add(ids, np.stack([self._vector(blob) for _, blob in live]))
-                present.update(ids.tolist())
-            n += len(rows)
-        return n
-
     def _agrees(self, index: VectorIndex) -> bool:
         ids = index.ids()
         return len(ids) == len(self._entries) and set(ids.tolist()) == self._entries.keys()
 
-    def _vector(self, blob: bytes) -> np.ndarray:
-        v = np.frombuffer(blob, dtype=np.float32)
-        if v.shape != (self.dim,):
-            raise StoreError(f"{self.folder / DB_FILE}: a stored vector has {v.size} values, not {self.dim}; the "
-                             "database is corrupted")
-        return v
-
-    def _live_vectors(self, db: sqlite3.Connection | None = None) -> tuple[np.ndarray, np.ndarray]:
-        ids: list[int] = []
-        vecs: list[np.ndarray] = []
-        for rows in self._rows("SELECT fid, vec FROM items WHERE deleted = 0", db=db):
-            ids.extend(r[0] for r in rows)
-            vecs.extend(self._vector(r[1]) for r in rows)
-        x = np.stack(vecs) if vecs else np.zeros((0, self.dim), np.float32)
-        return np.asarray(ids, dtype=np.int64), x
-
     def _build_from_store(self) -> VectorIndex:
-        ids, x = self._live_vectors()
-        if self.index_kind == "hnsw":
-            return VectorIndex.build_hnsw(self.dim, x, ids, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
-        if self.index_kind == "ivf" and len(ids) >= self.ivf_threshold:
-            return VectorIndex.train_ivf(self.dim, x, ids, nlist=self.nlist, nprobe=self.nprobe,
-                                         use_gpu=self.use_gpu, codec=self.ivf_codec)
-        index = VectorIndex(self.dim, "flat", use_gpu=self.use_gpu)
-        index.add(ids, x)
-        return index
+        ids, x = self._sql.live_vectors(self._db)
+        return self.options.build(self.dim, ids, x)
 
     # -- writes -----------------------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("the gallery is closed")
-
-    def _commit(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            out = body(db)
-            db.execute("COMMIT")
-        except BaseException as exc:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"the gallery database could not be written ({exc}); check free disk space and "
-                                 f"permissions of {self.folder}") from exc
-            raise
-        return out
 
     def upsert(self, records: Sequence[GalleryRecord]) -> list[WriteResult]:
         check_records(records, self.dim)
@@ -376,44 +207,25 @@ class SqliteFaissStore:
         with self._write_lock:
             self._check_open()
             seq0 = self._seq
-
-            def body(db: sqlite3.Connection) -> list[tuple[int, GalleryRecord, bool, int]]:
-                out = []
-                seq = seq0
-                for r in records:
-                    seq += 1
-                    row = db.execute("SELECT fid, deleted FROM items WHERE id = ?", (r.id,)).fetchone()
-                    args = (seq, r.camera, r.time, dump_metadata(r.metadata), r.embedding.tobytes())
-                    if row is None:
-                        fid = db.execute("INSERT INTO items (seq, camera, ts, meta, vec, id, deleted) "
-                                         "VALUES (?, ?, ?, ?, ?, ?, 0)", (*args, r.id)).lastrowid
-                        out.append((int(fid), r, False, seq))  # type: ignore[arg-type]
-                    else:
-                        db.execute("UPDATE items SET seq = ?, camera = ?, ts = ?, meta = ?, vec = ?, deleted = 0 "
-                                   "WHERE fid = ?", (*args, row[0]))
-                        out.append((int(row[0]), r, not row[1], seq))
-                db.execute("UPDATE info SET value = ? WHERE key = 'seq'", (str(seq),))
-                return out
-
-            changes = self._commit(body)
+            changes: list[UpsertRow] = self._sql.commit(
+                self._db, lambda db: self._sql.write_upserts(db, records, seq0))
             self._seq = changes[-1][3]
             self._apply(lambda: self._apply_upserts(changes))
             results = [WriteResult(r.id, not was_live, seq) for _, r, was_live, seq in changes]
         self._changed()
         return results
 
-    def _apply_upserts(self, changes: list[tuple[int, GalleryRecord, bool, int]]) -> None:
+    def _apply_upserts(self, changes: list[UpsertRow]) -> None:
         self._index.remove(np.array([fid for fid, _, was_live, _ in changes if was_live], dtype=np.int64))
         self._index.add(np.array([fid for fid, *_ in changes], dtype=np.int64),
                         np.stack([r.embedding for _, r, _, _ in changes]))
         for fid, r, _, seq in changes:
-            self._entries[fid] = _Entry(r.id, r.camera, r.time, dump_metadata(r.metadata), seq)
+            self._entries[fid] = Entry(r.id, r.camera, r.time, dump_metadata(r.metadata), seq)
             self._fids[r.id] = fid
 
     def _apply(self, change: Callable[[], None]) -> None:
         """Apply a committed change to the index (called with the write lock held)."""
-        with self._index_lock:
-            faiss.omp_set_num_threads(self.faiss_threads)
+        with self._index_lock, faiss_omp_threads(self.faiss_threads):
             try:
                 change()
                 self._applied_seq = self._seq
@@ -421,37 +233,19 @@ class SqliteFaissStore:
             except Exception as exc:  # the store has the change: bring the index level with it
                 log.error("applying a write to the FAISS index failed (%s); rebuilding the index from the store",
                           exc)
-        index = self._build_from_store()
-        entries, fids = self._entries_from_store()
+        with faiss_omp_threads(self.faiss_threads):
+            index = self._build_from_store()
+        entries, fids = self._sql.entries(self._db)
         with self._index_lock:
             self._index, self._entries, self._fids = index, entries, fids
             self._applied_seq = self._seq
-
-    def _entries_from_store(self) -> tuple[dict[int, _Entry], dict[str, int]]:
-        entries: dict[int, _Entry] = {}
-        fids: dict[str, int] = {}
-        for rows in self._rows("SELECT fid, id, camera, ts, meta, seq FROM items WHERE deleted = 0"):
-            for fid, item_id, camera, ts, meta, seq in rows:
-                entries[fid] = _Entry(item_id, camera, ts, meta, seq)
-                fids[item_id] = fid
-        return entries, fids
 
     def delete(self, item_id: str) -> WriteResult | None:
         check_id(item_id)
         with self._write_lock:
             self._check_open()
             seq = self._seq + 1
-
-            def body(db: sqlite3.Connection) -> int | None:
-                row = db.execute("SELECT fid FROM items WHERE id = ? AND deleted = 0", (item_id,)).fetchone()
-                if row is None:
-                    return None
-                db.execute("UPDATE items SET deleted = 1, seq = ?, vec = NULL, meta = NULL, camera = NULL, "
-                           "ts = NULL WHERE fid = ?", (seq, row[0]))
-                db.execute("UPDATE info SET value = ? WHERE key = 'seq'", (str(seq),))
-                return int(row[0])
-
-            fid = self._commit(body)
+            fid: int | None = self._sql.commit(self._db, lambda db: self._sql.write_delete(db, item_id, seq))
             if fid is None:
                 return None
             self._seq = seq
@@ -480,12 +274,12 @@ class SqliteFaissStore:
             return None
         vec = None
         if with_embedding:
+            assert fid is not None
             with self._read_lock:
-                row = self._read_db.execute("SELECT vec FROM items WHERE fid = ? AND deleted = 0",
-                                            (fid,)).fetchone()
-            if row is None:  # deleted meanwhile
+                blob = self._sql.read_vector_blob(self._read_db, fid)
+            if blob is None:  # deleted meanwhile
                 return None
-            vec = self._vector(row[0]).copy()
+            vec = self._sql.vector(blob).copy()
         return StoredItem(entry.id, entry.camera, entry.time, load_metadata(entry.meta), entry.seq, vec)
 
     def search(self, queries: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[list[Hit]]:
@@ -521,46 +315,10 @@ class SqliteFaissStore:
             self._index_lock.release()
 
     def _search_locked(self, q: np.ndarray, ks: list[int], flts: list[SearchFilter | None]) -> list[list[Hit]]:
-        """Top-``ks[i]`` hits of row ``i`` passing ``flts[i]``; one FAISS search for all rows, fetching the most any
-        row needs (a longer fetch leaves the first k passing hits of a row unchanged), then again, 4x wider, for
-        the filtered rows that found fewer than k (until everything was looked at)."""
-        flts = [None if f is None or f.empty else f for f in flts]
-        found: list[list[tuple[float, _Entry]]] = [[] for _ in range(len(q))]
-        # called with the index lock held
+        """Top-``ks[i]`` hits of row ``i`` passing ``flts[i]`` (:func:`.filtered_search.filtered_top_k`); called
+        with the index lock held."""
         self._check_open()
-        faiss.omp_set_num_threads(self.faiss_threads)
-        ntotal = self._index.ntotal
-        # with a filter, fetch more than k and widen until k pass (or everything was looked at)
-        want = [min(ntotal, k if f is None else max(4 * k, k + 64)) for k, f in zip(ks, flts, strict=True)]
-        todo = [i for i in range(len(q)) if want[i] > 0]
-        while todo:
-            rest: list[int] = []
-            if self._index.kind == "hnsw":  # a graph search depends on k (efSearch >= k): one search per fetch size
-                fetch = min(want[i] for i in todo)
-                rest = [i for i in todo if want[i] != fetch]
-                todo = [i for i in todo if want[i] == fetch]
-            else:
-                fetch = max(want[i] for i in todo)
-            rows = q if len(todo) == len(q) else np.ascontiguousarray(q[todo])
-            scores, ids = self._index.search(rows, fetch)
-            again = []
-            for r, qi in enumerate(todo):
-                k, flt = ks[qi], flts[qi]
-                hits: list[tuple[float, _Entry]] = []
-                for score, fid in zip(scores[r].tolist(), ids[r].tolist(), strict=True):
-                    if fid < 0:
-                        break
-                    e = self._entries.get(fid)
-                    if e is None or (flt is not None and not flt.matches(e.id, e.camera, e.time)):
-                        continue
-                    hits.append((score, e))
-                    if len(hits) == k:
-                        break
-                found[qi] = hits
-                if len(hits) < k and fetch < ntotal and ids[r][-1] >= 0:
-                    want[qi] = min(ntotal, fetch * 4)
-                    again.append(qi)
-            todo = again + rest
+        found = filtered_top_k(self._index, self._entries, q, ks, flts, self.faiss_threads)
         return [[Hit(e.id, s, e.camera, e.time, load_metadata(e.meta)) for s, e in row] for row in found]
 
     def count(self) -> int:
@@ -570,14 +328,14 @@ class SqliteFaissStore:
     def store_rows(self) -> int:
         """Live rows in SQLite, counted by SQL (independent of the in-memory maps)."""
         with self._read_lock:
-            return int(self._read_db.execute("SELECT COUNT(*) FROM items WHERE deleted = 0").fetchone()[0])
+            return self._sql.count_live(self._read_db)
 
     def stats(self) -> dict[str, Any]:
         with self._index_lock:
             index = self._index.describe()
             items, seq, applied = len(self._entries), self._seq, self._applied_seq
         index.update(training=self._training, train_error=self._train_error,
-                     ivf_threshold=self.ivf_threshold if self.index_kind == "ivf" else None)
+                     ivf_threshold=self.options.ivf_threshold if self.options.kind == "ivf" else None)
         return {
             "backend": self.kind, "items": items, "store_rows": self.store_rows(), "index": index, "seq": seq,
             "applied_seq": applied, "snapshot_seq": self._snapshot_seq if self._snapshot_seq >= 0 else None,
@@ -587,7 +345,15 @@ class SqliteFaissStore:
 
     # -- snapshots and IVF training ---------------------------------------------------------------------------
     def snapshot(self) -> bool:
-        """Write the index snapshot if the index changed since the last one; drop older tombstones."""
+        """Write the index snapshot if the index changed since the last one; drop older tombstones. Snapshots are
+        written one at a time, so an older one never replaces a newer one."""
+        with self._snapshot_lock:
+            written = self._write_snapshot()
+        if written:
+            self._maybe_train()  # HNSW: rebuild the graph when it holds too many tombstones
+        return written
+
+    def _write_snapshot(self) -> bool:
         if self._closed:
             return False
         t0 = time.perf_counter()
@@ -598,9 +364,7 @@ class SqliteFaissStore:
             # serialising under the lock gives a consistent (index, seq) pair; the bytes are written outside it
             index = self._index
             payload = index.serialize()
-            header = {"seq": seq, "model": self.model_id, "dim": self.dim, "kind": index.kind,
-                      "nlist": index.nlist, "codec": index.codec, "ntotal": index.ntotal,
-                      "trained_n": index.trained_n, "format": SNAPSHOT_FORMAT}
+            header = index.snapshot_header(seq, self.model_id)
         size = write_snapshot_file(self.folder / SNAPSHOT_FILE, header, payload)
         self._snapshot_seq, self._snapshot_time = seq, time.time()
         # tombstones at or below the snapshot are no longer needed to replay -- unless an IVF index is being
@@ -608,10 +372,9 @@ class SqliteFaissStore:
         floor = seq if self._train_base is None else min(seq, self._train_base)
         with self._write_lock:
             if not self._closed:
-                self._db.execute("DELETE FROM items WHERE deleted = 1 AND seq <= ?", (floor,))
+                self._sql.drop_tombstones(self._db, floor)
         log.info("index snapshot at seq %d: %d vectors, %.1f MB in %.2f s", seq, header["ntotal"], size / 1e6,
                  time.perf_counter() - t0)
-        self._maybe_train()  # HNSW: rebuild the graph when it holds too many tombstones
         return True
 
     def _snapshot_loop(self) -> None:
@@ -631,16 +394,16 @@ class SqliteFaissStore:
         snapshot time)."""
         if self._training or self._closed or self._stop.is_set():
             return
-        if self.index_kind == "hnsw":
+        if self.options.kind == "hnsw":
             if self._index.needs_rebuild():
                 self._training = True
                 threading.Thread(target=self._train, name="reidserve-hnsw-rebuild", daemon=True).start()
             return
-        if self.index_kind != "ivf":
+        if self.options.kind != "ivf":
             return
         n = self.count()
         if self._index.kind == "flat":
-            if n < self.ivf_threshold:
+            if n < self.options.ivf_threshold:
                 return
         elif n < 4 * max(self._index.trained_n, 1):
             return
@@ -648,50 +411,61 @@ class SqliteFaissStore:
         threading.Thread(target=self._train, name="reidserve-ivf-train", daemon=True).start()
 
     def _train(self) -> None:
-        """Train an IVF index on the store's vectors as of one sequence number (a read transaction on a connection
-        of its own), then catch up with the writes made meanwhile and swap it in."""
-        faiss.omp_set_num_threads(self.faiss_threads)
-        t0 = time.perf_counter()
+        """Build the new index in the background (:meth:`_train_and_swap`), then snapshot it; each failure is
+        logged as what it is, and only a failed build sets ``train_error``."""
+        what = "HNSW graph rebuild" if self.options.kind == "hnsw" else "IVF training"
         try:
-            db = self._connect()
             try:
-                db.execute("BEGIN")  # one consistent snapshot of the WAL database for the two reads
-                base_seq = int(db.execute("SELECT value FROM info WHERE key = 'seq'").fetchone()[0])
-                self._train_base = base_seq  # keep the tombstones above it until the new index caught up
-                ids, x = self._live_vectors(db)
-                db.execute("COMMIT")
-            finally:
-                db.close()
-            if self.index_kind == "hnsw":
-                new = VectorIndex.build_hnsw(self.dim, x, ids, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
-            else:
-                nlist = self.nlist or choose_nlist(len(ids))
-                new = VectorIndex.train_ivf(self.dim, x, ids, nlist=nlist, nprobe=self.nprobe,
-                                            use_gpu=self.use_gpu, codec=self.ivf_codec)
-            del x
-            with self._write_lock:
-                if self._closed:
-                    return
-                with self._read_lock:
-                    replayed = self._replay(new, base_seq, db=self._read_db)
-                with self._index_lock:
-                    if not self._agrees(new):
-                        raise StoreError(f"the new {new.kind} index does not match the store after catching up")
-                    self._index = new
-            if new.kind == "hnsw":
-                log.info("HNSW graph rebuilt without tombstones: %d vectors (+%d replayed) in %.1f s", new.ntotal,
-                         replayed, time.perf_counter() - t0)
-            else:
-                log.info("IVF index trained: %d lists, nprobe %d, %d vectors (+%d replayed) in %.1f s", new.nlist,
-                         new.nprobe, new.ntotal, replayed, time.perf_counter() - t0)
+                swapped = self._train_and_swap()
+            except Exception as exc:
+                self._train_error = str(exc)
+                log.error("%s failed, keeping the current index: %s", what, exc)
+                return
+            if not swapped:  # closed meanwhile
+                return
             self._train_error = None
-            self.snapshot()
-        except Exception as exc:
-            self._train_error = str(exc)
-            log.error("IVF training / HNSW rebuild failed, keeping the current index: %s", exc)
+            try:
+                self.snapshot()
+            except Exception as exc:  # the new index serves; the next snapshot tries again
+                log.error("index snapshot after the %s failed (the new index is in use; the next snapshot will "
+                          "try again): %s", what, exc)
         finally:
             self._train_base = None
             self._training = False
+
+    def _train_and_swap(self) -> bool:
+        """Train an IVF index (or build an HNSW graph) on the store's vectors as of one sequence number (a read
+        transaction on a connection of its own), then catch up with the writes made meanwhile and swap it in;
+        False when the store was closed meanwhile."""
+        t0 = time.perf_counter()
+        db = self._sql.connect()
+        try:
+            db.execute("BEGIN")  # one consistent snapshot of the WAL database for the two reads
+            base_seq = self._sql.read_seq(db)
+            self._train_base = base_seq  # keep the tombstones above it until the new index caught up
+            ids, x = self._sql.live_vectors(db)
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        with faiss_omp_threads(self.faiss_threads):
+            new = self.options.build(self.dim, ids, x, train=True)
+        del x
+        with self._write_lock:
+            if self._closed:
+                return False
+            with self._read_lock, faiss_omp_threads(self.faiss_threads):
+                replayed = self._sql.replay_into(new, self._read_db, base_seq)
+            with self._index_lock:
+                if not self._agrees(new):
+                    raise StoreError(f"the new {new.kind} index does not match the store after catching up")
+                self._index = new
+        if new.kind == "hnsw":
+            log.info("HNSW graph rebuilt without tombstones: %d vectors (+%d replayed) in %.1f s", new.ntotal,
+                     replayed, time.perf_counter() - t0)
+        else:
+            log.info("IVF index trained: %d lists, nprobe %d, %d vectors (+%d replayed) in %.1f s", new.nlist,
+                     new.nprobe, new.ntotal, replayed, time.perf_counter() - t0)
+        return True
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
         """Wait until no IVF training runs (tests and benchmarks); False on timeout."""
@@ -725,5 +499,3 @@ class SqliteFaissStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-__all__ = ["SqliteFaissStore", "GalleryError"]

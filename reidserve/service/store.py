@@ -2,12 +2,9 @@
 
 A gallery holds *items*: a string id, one L2-normalised ``float32`` embedding, and metadata (camera, time and a
 small flat dict). :class:`GalleryStore` is what the service needs from a backend: upsert by id, get, delete,
-top-k inner-product search with metadata filters, count, stats, snapshot and close. :func:`open_store` picks the
-backend from a store URL:
-
-* ``sqlite`` (default): ``DATA_DIR/gallery.sqlite3`` plus a FAISS index snapshot (:mod:`.sqlite_store`);
-* ``milvus-lite:///path/to/gallery.db``: an embedded Milvus Lite database (:mod:`.milvus_store`);
-* ``milvus://host:19530[/collection]`` (or ``milvus+https://...``): a Milvus server.
+top-k inner-product search with metadata filters, count, stats, snapshot and close. The backends are
+:mod:`.sqlite_store` (SQLite + FAISS, the default) and :mod:`.milvus_store`; :func:`.backends.open_store` picks one
+from a store URL.
 
 Every check a user can fail (a malformed id, an embedding of the wrong dimension, a non-finite or all-zero
 vector, an oversized metadata dict) raises :class:`GalleryError` (a ``ValueError``; the service answers 422).
@@ -21,9 +18,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -45,8 +40,6 @@ __all__ = [
     "check_id",
     "check_metadata",
     "normalize_embedding",
-    "open_store",
-    "parse_store_url",
 ]
 
 ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -61,14 +54,19 @@ class GalleryError(ReidserveError):
     """A request the gallery cannot accept (bad id, embedding, metadata); the message says what to change."""
 
 
-class StoreError(RuntimeError):
-    """The store cannot be opened as configured (wrong dimension or model, locked, unreachable, ...)."""
+class StoreError(ReidserveError, RuntimeError):
+    """The store cannot be opened as configured (wrong dimension or model, locked, unreachable, ...) or cannot be
+    written (disk full, permissions); the message says what to do. A ``RuntimeError`` too, as it was before it
+    became a :class:`ReidserveError`."""
 
 
 def check_id(item_id: Any, what: str = "id") -> str:
-    """``item_id`` if it is a string of 1-128 characters from ``A-Z a-z 0-9 _ . : -``."""
+    """``item_id`` if it is a string of 1-128 characters from ``A-Z a-z 0-9 _ . : -`` other than ``.`` and ``..``
+    (which no URL path can carry: HTTP clients resolve them as this folder and the parent folder)."""
     if not isinstance(item_id, str) or not ID_RE.fullmatch(item_id):
         raise GalleryError(f"{what} {item_id!r} is not allowed: use 1-128 characters from A-Z a-z 0-9 _ . : -")
+    if item_id in (".", ".."):
+        raise GalleryError(f"{what} {item_id!r} is not allowed: a URL path cannot carry it (choose another id)")
     return item_id
 
 
@@ -291,56 +289,3 @@ def dump_metadata(meta: Mapping[str, Any]) -> str:
 
 def load_metadata(text: str | None) -> dict[str, Any]:
     return dict(json.loads(text)) if text else {}
-
-
-@dataclass(frozen=True)
-class StoreUrl:
-    """A parsed ``--store`` value: ``scheme`` is ``sqlite``, ``milvus-lite`` or ``milvus``."""
-
-    scheme: str
-    target: str = ""  # the Milvus URI (file path for milvus-lite, http(s)://host:port for a server)
-    collection: str = "reidserve_gallery"
-
-
-def parse_store_url(url: str | None) -> StoreUrl:
-    """``sqlite`` (or empty), ``milvus-lite:///abs/path.db`` / ``milvus-lite://rel/path.db``,
-    ``milvus://host:port[/collection]`` or ``milvus+https://host:port[/collection]``."""
-    if not url or url in ("sqlite", "sqlite://", "sqlite+faiss"):
-        return StoreUrl("sqlite")
-    parsed = urlparse(url)
-    scheme = parsed.scheme.lower()
-    if scheme == "milvus-lite":
-        path = (parsed.netloc + parsed.path) if parsed.netloc else parsed.path
-        if not path or not path.endswith(".db"):
-            raise StoreError(f"--store {url}: give the Milvus Lite database file, e.g. milvus-lite:///srv/gallery.db "
-                             "(the name must end in .db)")
-        return StoreUrl("milvus-lite", str(Path(path)))
-    if scheme in ("milvus", "milvus+http", "milvus+https"):
-        if not parsed.hostname:
-            raise StoreError(f"--store {url}: give the Milvus server as milvus://HOST:PORT[/COLLECTION]")
-        proto = "https" if scheme == "milvus+https" else "http"
-        collection = parsed.path.strip("/") or "reidserve_gallery"
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", collection):
-            raise StoreError(f"--store {url}: the collection name {collection!r} must start with a letter or _ and "
-                             "hold only letters, digits and _")
-        return StoreUrl("milvus", f"{proto}://{parsed.hostname}:{parsed.port or 19530}", collection)
-    raise StoreError(f"--store {url!r} is not understood; use sqlite, milvus-lite:///path/gallery.db or "
-                     "milvus://host:19530[/collection]")
-
-
-def open_store(url: str | None, data_dir: str | Path, dim: int, *, model_id: str = "",
-               accept_model_change: bool = False, **options: Any) -> GalleryStore:
-    """Open (create if needed) the gallery described by ``url``; ``options`` go to the SQLite + FAISS store
-    (index kind, IVF settings, snapshot interval, GPU) and are ignored by Milvus, which indexes by itself.
-    ``milvus_token`` (user:password or API key) is passed to a Milvus server."""
-    spec = parse_store_url(url)
-    token = options.pop("milvus_token", None)
-    if spec.scheme == "sqlite":
-        from .sqlite_store import SqliteFaissStore
-
-        return SqliteFaissStore(data_dir, dim, model_id=model_id, accept_model_change=accept_model_change,
-                                **options)
-    from .milvus_store import MilvusStore
-
-    return MilvusStore(spec.target, dim, collection=spec.collection, model_id=model_id,
-                       accept_model_change=accept_model_change, token=token)

@@ -21,11 +21,10 @@ for _module in ("fastapi", "uvicorn", "multipart", "prometheus_client", "httpx")
     pytest.importorskip(_module, reason=f"the service needs {_module}: pip install 'pruneopt[serve]'")
 import httpx  # noqa: E402
 
-import reidserve.cli_serve  # noqa: E402,F401  (registers serve / query / demo-gallery on reidserve.cli.main)
-from reidserve.cli import main  # noqa: E402
+from reidserve.cli import cli  # noqa: E402
 from reidserve.client import ReidClient, ReidClientError  # noqa: E402
 from reidserve.service.process import ServerProcess  # noqa: E402
-from reidserve.service.testing import export_models, png_bytes, random_images  # noqa: E402
+from tests.support.serving import export_models, png_bytes, random_images  # noqa: E402
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -81,12 +80,19 @@ def test_probes_docs_and_schema(http: httpx.Client) -> None:
 
 
 def test_stats_and_no_torch_in_the_server(http: httpx.Client, server: ServerProcess) -> None:
-    st = http.get("/v1/stats").json()
+    st = http.get("/v1/stats", headers=AUTH).json()
     assert st["torch_loaded"] is False
     assert st["model"]["input_shape"] == [3, 64, 32] and st["model"]["output_dim"] == 64
     assert st["model"]["runtime"] == "ort-cpu" and st["model"]["output_kind"] == "embedding"
     assert st["limits"]["max_k"] == 50 and st["auth"] == "mutating"
     assert st["pid"] == server.proc.pid
+    assert st["gallery"]["data_dir"] == server.args[server.args.index("--data-dir") + 1]
+    assert st["model"]["path"].endswith("embed.onnx")
+    anonymous = http.get("/v1/stats").json()  # no token: where the service runs is not shown (issue 17)
+    assert anonymous["pid"] is None and anonymous["gallery"]["data_dir"] is None and anonymous["model"]["path"] is None
+    assert anonymous["gallery"]["items"] == st["gallery"]["items"] and anonymous["torch_loaded"] is False
+    wrong = http.get("/v1/stats", headers={"Authorization": "Bearer " + "x" * 30}).json()
+    assert wrong["pid"] is None
     assert st["gc"]["frozen_objects"] > 10_000  # start-up objects are out of the collector's reach
     maps = Path(f"/proc/{server.proc.pid}/maps")
     if sys.platform.startswith("linux") and maps.exists():  # independent of the server's own word
@@ -394,19 +400,19 @@ def test_grayscale_classifier_and_cli(models: dict[str, Path], tmp_path: Path) -
         fm_dir, queries = tmp_path / "fmnist", tmp_path / "queries"
         _fake_fashion_mnist(fm_dir)
         run = CliRunner().invoke
-        r = run(main, ["demo-gallery", "--url", srv.url, "--fashion-mnist", "--fmnist-dir", str(fm_dir), "--count",
+        r = run(cli, ["demo-gallery", "--url", srv.url, "--fashion-mnist", "--fmnist-dir", str(fm_dir), "--count",
                        "30", "--batch", "8", "--queries-out", str(queries), "--queries", "3"])
         assert r.exit_code == 0, r.output
         assert "added 30 items" in r.output
         written = sorted(queries.glob("q-*.png"))
         assert [p.name.split("-")[1] for p in written] == ["00030", "00031", "00032"]
         assert c.get("fmnist-00029")["metadata"] == {"label": 9, "class": "Ankle boot"}
-        r = run(main, ["query", "--url", srv.url, "search", str(written[0]), "-k", "3"])
+        r = run(cli, ["query", "--url", srv.url, "search", str(written[0]), "-k", "3"])
         assert r.exit_code == 0, r.output
         assert r.output.count("score") == 3 and "fmnist-" in r.output
-        r = run(main, ["query", "--url", srv.url, "search", "--json", str(written[0]), "-k", "2"])
+        r = run(cli, ["query", "--url", srv.url, "search", "--json", str(written[0]), "-k", "2"])
         assert [h["id"].startswith(("fmnist-", "g0")) for h in json.loads(r.output)[str(written[0])]] == [True] * 2
-    r = run(main, ["demo-gallery", "--url", "http://127.0.0.1:9", "--fashion-mnist", "--fmnist-dir", str(fm_dir)])
+    r = run(cli, ["demo-gallery", "--url", "http://127.0.0.1:9", "--fashion-mnist", "--fmnist-dir", str(fm_dir)])
     assert r.exit_code == 2 and "cannot reach" in r.output
 
 
@@ -414,7 +420,7 @@ def test_fashion_mnist_not_found_says_where(monkeypatch: pytest.MonkeyPatch, tmp
     from pruneopt.data import fashion_mnist
 
     monkeypatch.setattr(fashion_mnist, "search_dirs", lambda data_dir: [tmp_path / "a", tmp_path / "b"])
-    r = CliRunner().invoke(main, ["demo-gallery", "--url", "http://127.0.0.1:9", "--fashion-mnist"])
+    r = CliRunner().invoke(cli, ["demo-gallery", "--url", "http://127.0.0.1:9", "--fashion-mnist"])
     assert r.exit_code == 2 and "t10k-images-idx3-ubyte" in r.output and str(tmp_path / "b") in r.output
 
 
@@ -425,23 +431,23 @@ def test_query_cli(server: ServerProcess, tmp_path: Path) -> None:
     token_file.write_text(TOKEN + "\n")
     run = CliRunner().invoke
     base = ["query", "--url", server.url]
-    r = run(main, [*base, "--token-file", str(token_file), "add", "cli-1", str(img), "--camera", "cam9", "--meta",
+    r = run(cli, [*base, "--token-file", str(token_file), "add", "cli-1", str(img), "--camera", "cam9", "--meta",
                    "track=12", "--meta", "note=hello"])
     assert r.exit_code == 0 and "added cli-1" in r.output, r.output
-    r = run(main, [*base, "search", str(img), "-k", "2", "--camera", "cam9"])
+    r = run(cli, [*base, "search", str(img), "-k", "2", "--camera", "cam9"])
     assert r.exit_code == 0 and "cli-1" in r.output and "camera=cam9 track=12 note=hello" in r.output, r.output
-    r = run(main, [*base, "get", "cli-1"])
+    r = run(cli, [*base, "get", "cli-1"])
     assert json.loads(r.output)["metadata"] == {"track": 12, "note": "hello"}
-    r = run(main, [*base, "embed", str(img)])
+    r = run(cli, [*base, "embed", str(img)])
     assert len(json.loads(r.output)[str(img)]) == 64
-    assert json.loads(run(main, [*base, "stats"]).output)["torch_loaded"] is False
-    r = run(main, [*base, "delete", "cli-1"])  # no token
+    assert json.loads(run(cli, [*base, "stats"]).output)["torch_loaded"] is False
+    r = run(cli, [*base, "delete", "cli-1"])  # no token
     assert r.exit_code == 2 and "401" in r.output and "Bearer" in r.output
-    r = run(main, [*base, "--token", TOKEN, "delete", "cli-1"])
+    r = run(cli, [*base, "--token", TOKEN, "delete", "cli-1"])
     assert r.exit_code == 0 and "deleted cli-1" in r.output
-    r = run(main, [*base, "get", "cli-1"])
+    r = run(cli, [*base, "get", "cli-1"])
     assert r.exit_code == 2 and "404" in r.output
-    r = run(main, ["query", "--url", "http://127.0.0.1:9", "stats"])
+    r = run(cli, ["query", "--url", "http://127.0.0.1:9", "stats"])
     assert r.exit_code == 2 and "cannot reach" in r.output
 
 
@@ -458,25 +464,25 @@ def test_client_errors_carry_status(server: ServerProcess) -> None:
 # -- serve command errors -----------------------------------------------------------------------------------------
 def test_serve_reports_configuration_errors(models: dict[str, Path], server: ServerProcess, tmp_path: Path) -> None:
     run = CliRunner().invoke
-    r = run(main, ["serve", "--model", str(tmp_path / "none.onnx"), "--data-dir", str(tmp_path), "--port", "0"])
+    r = run(cli, ["serve", "--model", str(tmp_path / "none.onnx"), "--data-dir", str(tmp_path), "--port", "0"])
     assert r.exit_code == 2 and "does not exist" in r.output and "pruneopt export" in r.output
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage")
-    r = run(main, ["serve", "--model", str(bad), "--data-dir", str(tmp_path), "--port", "0"])
+    r = run(cli, ["serve", "--model", str(bad), "--data-dir", str(tmp_path), "--port", "0"])
     assert r.exit_code == 2 and "export it again" in r.output
-    busy = run(main, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(tmp_path), "--port",
+    busy = run(cli, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(tmp_path), "--port",
                       str(server.port)])
     assert busy.exit_code == 2 and "pick another --port" in busy.output
     data_dir = Path(server.args[server.args.index("--data-dir") + 1])
-    r = run(main, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(data_dir), "--port", "0"],
+    r = run(cli, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(data_dir), "--port", "0"],
             env={"REIDSERVE_TOKENS": TOKEN})
     assert r.exit_code == 2 and "in use by another reidserve process" in r.output
-    r = run(main, ["serve", "--model", str(models["fmnist.onnx"]), "--data-dir", str(data_dir), "--port", "0",
+    r = run(cli, ["serve", "--model", str(models["fmnist.onnx"]), "--data-dir", str(data_dir), "--port", "0",
                    "--auth", "none", "--store", "milvus-lite:///x.sqlite"])
     assert r.exit_code == 2 and "must end in .db" in r.output
     weak = tmp_path / "weak"
     weak.write_text("short\n")
-    r = run(main, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(tmp_path / "w"), "--port", "0",
+    r = run(cli, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(tmp_path / "w"), "--port", "0",
                    "--token-file", str(weak)])
     assert r.exit_code == 2 and "too easy to guess" in r.output
 
@@ -484,17 +490,17 @@ def test_serve_reports_configuration_errors(models: dict[str, Path], server: Ser
 def test_index_options_reach_the_store(models: dict[str, Path], tmp_path: Path) -> None:
     import asyncio
 
-    from reidserve.service.app import ServiceState
-    from reidserve.service.config import ServiceConfig
+    from reidserve.service.settings import ServiceSettings
+    from reidserve.service.state import ServiceState
 
-    state = ServiceState(ServiceConfig(model=models["embed.onnx"], data_dir=tmp_path, ivf_codec="flat", nlist=32,
-                                       nprobe=4, tokens=(TOKEN,)))
+    state = ServiceState(ServiceSettings(model=models["embed.onnx"], data_dir=tmp_path, ivf_codec="flat", nlist=32,
+                                         nprobe=4, tokens=(TOKEN,)))
     state.open()
     try:
         store: Any = state.store
-        assert (store.ivf_codec, store.nlist, store.nprobe) == ("flat", 32, 4)
+        assert (store.options.ivf_codec, store.options.nlist, store.options.nprobe) == ("flat", 32, 4)
     finally:
         asyncio.run(state.stop())
-    r = CliRunner().invoke(main, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(tmp_path),
+    r = CliRunner().invoke(cli, ["serve", "--model", str(models["embed.onnx"]), "--data-dir", str(tmp_path),
                                   "--ivf-codec", "pq"])
     assert r.exit_code == 2 and "--ivf-codec" in r.output

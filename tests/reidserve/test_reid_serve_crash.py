@@ -17,7 +17,7 @@ for _module in ("fastapi", "uvicorn", "multipart", "prometheus_client", "httpx")
 import httpx  # noqa: E402
 
 from reidserve.service.process import ServerProcess  # noqa: E402
-from reidserve.service.testing import export_models  # noqa: E402
+from tests.support.serving import export_models  # noqa: E402
 
 TOKEN = "crash-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -4,9 +4,12 @@ snapshots, replay after a crash, IVF training, locking."""
 from __future__ import annotations
 
 import itertools
+import os
+import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from reidserve.service.backends import open_store
 from reidserve.service.faiss_index import SnapshotError, read_snapshot_file, write_snapshot_file
 from reidserve.service.sqlite_store import SNAPSHOT_FILE, SqliteFaissStore
 from reidserve.service.store import (
@@ -23,7 +27,6 @@ from reidserve.service.store import (
     SearchFilter,
     StoreError,
     normalize_embedding,
-    open_store,
 )
 
 DIM = 16
@@ -507,3 +510,106 @@ def test_a_replaced_index_is_freed_while_the_collector_is_frozen(tmp_path: Path,
             assert old() is None
         finally:
             gc.unfreeze()
+
+
+# -- snapshots written concurrently, data files private (issue 17) --------------------------------------------------
+def test_concurrent_snapshot_writes_never_share_a_temporary_file(tmp_path: Path) -> None:
+    """With one shared ``index.snapshot.tmp``, a writer could rename another's file away (No such file)."""
+    path = tmp_path / SNAPSHOT_FILE
+    payload = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        for i in range(20):
+            try:
+                write_snapshot_file(path, {"seq": n * 100 + i, "format": "test"}, payload)
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    header, got = read_snapshot_file(path)
+    assert header["format"] == "test" and np.array_equal(got, payload)
+    assert [p.name for p in tmp_path.iterdir()] == [SNAPSHOT_FILE]  # no temporary file left behind
+
+
+def test_concurrent_snapshots_keep_the_newest(tmp_path: Path) -> None:
+    x = vectors(400, seed=11)
+    with SqliteFaissStore(tmp_path, DIM, model_id="m", index="hnsw", snapshot_interval=0) as s:
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def snapshots() -> None:
+            while not stop.is_set():
+                try:
+                    s.snapshot()
+                except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=snapshots) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for start in range(0, 400, 20):
+            s.upsert([GalleryRecord(f"p{i}", x[i]) for i in range(start, start + 20)])
+        stop.set()
+        for t in threads:
+            t.join()
+        s.snapshot()
+        assert not errors, errors[:3]
+        seq = s.stats()["seq"]
+    header, _ = read_snapshot_file(tmp_path / SNAPSHOT_FILE)
+    assert header["seq"] == seq and header["ntotal"] == 400
+
+
+def test_a_failed_snapshot_after_a_rebuild_is_reported_as_a_snapshot_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The rebuilt graph serves; the log says the snapshot failed, and train_error (a failed build) stays None."""
+    import reidserve.service.sqlite_store as sqlite_store
+
+    x = vectors(200, seed=12)
+    with SqliteFaissStore(tmp_path, DIM, model_id="m", index="hnsw", snapshot_interval=0) as s:
+        s.upsert([GalleryRecord(f"p{i}", x[i]) for i in range(200)])
+
+        def disk_full(*args: Any, **kwargs: Any) -> int:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(sqlite_store, "write_snapshot_file", disk_full)
+        with caplog.at_level("INFO", logger="reidserve.service.sqlite_store"):
+            for i in range(60):  # 30% tombstones: the graph is rebuilt in the background, then snapshotted
+                s.delete(f"p{i}")
+            assert s.wait_idle()
+        st = s.stats()["index"]
+        assert st["train_error"] is None and st["tombstones"] < 41 and st["ntotal"] == 140
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("HNSW graph rebuilt" in m for m in messages)
+        failed = [m for m in messages if "failed" in m]
+        assert failed and all("index snapshot after the HNSW graph rebuild failed" in m for m in failed), failed
+        assert "No space left on device" in failed[0]
+        monkeypatch.undo()  # the final snapshot at close works again
+
+
+def test_gallery_files_are_private(tmp_path: Path) -> None:
+    """gallery.sqlite3 (and its -wal, -shm), index.snapshot and gallery.lock are 0600 like the token file, also
+    those of a gallery made before (0644), which are tightened when it opens."""
+    old_umask = os.umask(0o022)
+    try:
+        folder = tmp_path / "g"
+        with SqliteFaissStore(folder, DIM, snapshot_interval=0) as s:
+            s.upsert(records(5))
+            assert s.snapshot()
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+        assert {"gallery.sqlite3", "gallery.sqlite3-wal", "gallery.sqlite3-shm", "gallery.lock",
+                SNAPSHOT_FILE} <= set(modes), modes
+        assert set(modes.values()) == {0o600}, modes
+        for p in folder.iterdir():
+            os.chmod(p, 0o644)
+        with SqliteFaissStore(folder, DIM, snapshot_interval=0) as s:
+            assert s.count() == 5
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+        assert set(modes.values()) == {0o600}, modes
+    finally:
+        os.umask(old_umask)

@@ -17,12 +17,15 @@ import pytest
 from PIL import Image
 
 from export.metadata import ExportMetadata
+from reidserve.imageio import read_image
 from reidserve.service.auth import AuthError, TokenChecker, TokenError, load_tokens, resolve_tokens
+from reidserve.service.backends import parse_store_url
 from reidserve.service.embedder import Embedder, EmbedError, LoadedModel
 from reidserve.service.milvus_store import filter_expression
 from reidserve.service.preprocess import ImageError, ImageTooLarge, decode_base64, decode_image, to_batch
-from reidserve.service.store import GalleryError, SearchFilter, StoreError, check_metadata, parse_store_url
-from reidserve.service.testing import png_bytes, random_images
+from reidserve.service.store import GalleryError, SearchFilter, StoreError, check_metadata
+from tests.support.images import exif_oriented, pfm_float, pgm16, png16_grey, png48_rgb
+from tests.support.serving import png_bytes, random_images
 
 
 def _meta(c: int = 3, h: int = 8, w: int = 4, dim: int = 5) -> ExportMetadata:
@@ -273,3 +276,63 @@ def test_wrong_model_output_is_an_embed_error() -> None:
         await emb.stop()
 
     asyncio.run(main())
+
+
+# -- bit depth and orientation (issue 17: 16-bit images embedded as white, EXIF orientation ignored) ----------------
+def _pixels(data: bytes, size: tuple[int, int], mode: str) -> np.ndarray:
+    return np.asarray(decode_image(data, size, mode, max_pixels=10_000_000))
+
+
+HIGH_BIT_DEPTH = {
+    "16-bit grey PNG (I;16)": lambda rng: png16_grey(rng.integers(0, 65536, (40, 24), dtype=np.uint16)),
+    "16-bit PGM (I)": lambda rng: pgm16(rng.integers(0, 65536, (40, 24), dtype=np.uint16)),
+    "32-bit float PFM (F)": lambda rng: pfm_float(rng.random((40, 24)).astype(np.float32)),
+    "dark 16-bit grey PNG": lambda rng: png16_grey(rng.integers(0, 4096, (40, 24), dtype=np.uint16)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HIGH_BIT_DEPTH))
+@pytest.mark.parametrize("mode, size", [("L", (28, 28)), ("RGB", (40, 24)), ("RGB", (20, 12))])
+def test_high_bit_depth_decodes_like_its_8bit_copy(kind: str, mode: str, size: tuple[int, int]) -> None:
+    data, eight = HIGH_BIT_DEPTH[kind](np.random.default_rng(7))
+    got = _pixels(data, size, mode)
+    want = _pixels(png_bytes(eight), size, mode)
+    np.testing.assert_array_equal(got, want)
+    assert got.std() > 1 and 1 < got.mean() < 200  # a texture, not a flat white (or black) image
+
+
+def test_48bit_rgb_png_decodes_like_its_8bit_copy() -> None:
+    x = np.random.default_rng(8).integers(0, 65536, (40, 24, 3), dtype=np.uint16)
+    data, eight = png48_rgb(x)
+    got = _pixels(data, (40, 24), "RGB").astype(int)
+    assert np.abs(got - eight.astype(int)).max() <= 1  # PIL keeps the high byte: within one level of v / 257
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_exif_orientation_is_applied(orientation: int) -> None:
+    upright = random_images(1, 40, 24, seed=orientation)[0]
+    tagged = exif_oriented(upright, orientation)
+    want = _pixels(png_bytes(upright), (40, 24), "RGB")
+    np.testing.assert_array_equal(_pixels(tagged, (40, 24), "RGB"), want)
+    np.testing.assert_array_equal(read_image(io.BytesIO(tagged)), upright)  # the training / evaluation reader
+    gray = _pixels(tagged, (28, 28), "L")
+    np.testing.assert_array_equal(gray, _pixels(png_bytes(upright), (28, 28), "L"))
+
+
+def test_exif_orientation_of_a_downscaled_jpeg() -> None:
+    """A sideways JPEG is decoded at a reduced DCT scale chosen for its upright size, then turned upright."""
+    upright = random_images(1, 256, 128, seed=3)[0]
+    tagged = exif_oriented(upright, 6, fmt="JPEG")
+    got = _pixels(tagged, (64, 32), "RGB").astype(float)
+    want = _pixels(png_bytes(upright), (64, 32), "RGB").astype(float)
+    sideways = np.asarray(Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).resize((32, 64)), float)
+    assert np.abs(got - want).mean() < 3.0 < np.abs(got - sideways).mean()
+
+
+def test_read_image_matches_the_service_and_reads_paths(tmp_path: Path) -> None:
+    data, eight = png16_grey(np.random.default_rng(1).integers(0, 65536, (16, 8), dtype=np.uint16))
+    (tmp_path / "a.png").write_bytes(data)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png", "L"), eight)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), np.dstack([eight] * 3))
+    with pytest.raises(FileNotFoundError):
+        read_image(tmp_path / "missing.png")

@@ -1,4 +1,4 @@
-"""Helpers for the service's tests and benchmarks: small exported models and synthetic images.
+"""Helpers for the service's tests and benchmarks (``bench/load.py``): small exported models and synthetic images.
 
 :func:`export_models` exports, in a subprocess (so the calling process does not import torch), untrained
 pruneopt networks through :func:`export.onnx.export_onnx` -- the code path of ``pruneopt export --onnx``, here with
