@@ -20,6 +20,9 @@ from PIL import Image
 
 from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalise_pixels
 
+from ..errors import ReidserveError
+from ..imageio import read_image
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -36,15 +39,23 @@ __all__ = [
 ImageLike = np.ndarray | Image.Image
 
 
+class ImageReadError(ReidserveError, OSError):
+    """An image file that cannot be read (a user-facing error that is also an ``OSError``)."""
+
+
+class ImageMissingError(ImageReadError, FileNotFoundError):
+    """An image file that does not exist."""
+
+
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as an ``HxWx3`` ``uint8`` RGB array."""
+    """Read an image file as an ``HxWx3`` ``uint8`` RGB array, decoded as the service decodes uploads
+    (:func:`reidserve.imageio.read_image`: EXIF orientation applied, 16/32-bit images scaled to 8 bits)."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        return read_image(path, "RGB")
     except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} does not exist") from None
-    except OSError as exc:
-        raise OSError(f"cannot read image {path}: {exc}") from exc
+        raise ImageMissingError(f"image {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
 def _as_uint8(img: ImageLike) -> np.ndarray:

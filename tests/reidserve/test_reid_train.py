@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from pruneopt.checkpoint import save_subnet
 from pruneopt.models import build, default_spec
-from reidserve.cli import main
+from reidserve.cli import cli as main
 from reidserve.data.synth import SynthConfig, generate
 from reidserve.model import load_reid_model
 from reidserve.train import (
