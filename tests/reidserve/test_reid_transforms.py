@@ -23,6 +23,7 @@ from reidserve.data import (
     random_erasing,
     resize,
 )
+from reidserve.errors import ReidserveError
 
 
 def _image(h: int = 40, w: int = 24, seed: int = 0) -> np.ndarray:
@@ -163,3 +164,30 @@ def test_reid_image_dataset_default_transform_and_cache(image_items: list[Item])
     assert xb.shape == (3, 3, 16, 8) and pids.tolist() == [11, 10, 11] and idx.tolist() == [0, 1, 2]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_image(image_items[0].path)
+
+
+def test_training_reader_decodes_like_the_service(tmp_path: Path) -> None:
+    """load_image (training and evaluation) applies EXIF orientation and scales 16-bit samples, as serving does."""
+    from reidserve.imageio import read_image
+    from tests.support.images import exif_oriented, png16_grey, png48_rgb
+
+    rng = np.random.default_rng(0)
+    upright = rng.integers(0, 256, size=(12, 7, 3), dtype=np.uint8)
+    for orientation in (3, 6, 8):
+        path = tmp_path / f"o{orientation}.png"
+        path.write_bytes(exif_oriented(upright, orientation))
+        assert np.array_equal(load_image(path), upright), orientation  # upright, not the stored sideways pixels
+    grey16 = rng.integers(0, 65536, size=(9, 5), dtype=np.uint16)
+    data, want = png16_grey(grey16)
+    (tmp_path / "g16.png").write_bytes(data)
+    assert np.array_equal(load_image(tmp_path / "g16.png"), np.repeat(want[..., None], 3, axis=2))
+    rgb16 = rng.integers(0, 65536, size=(6, 4, 3), dtype=np.uint16)
+    data, want = png48_rgb(rgb16)
+    (tmp_path / "c48.png").write_bytes(data)
+    got = load_image(tmp_path / "c48.png")  # Pillow reduces 16-bit RGB itself (v >> 8): within 1 of v / 257
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    for name in ("o6.png", "g16.png", "c48.png"):
+        assert np.array_equal(load_image(tmp_path / name), read_image(tmp_path / name, "RGB"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ReidserveError, match="cannot read image"):
+        load_image(tmp_path / "broken.png")
