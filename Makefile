@@ -7,7 +7,8 @@
 # Installs are pinned: set-up installs with constraints.txt (every package the tests last passed with, torch and
 # its CUDA libraries aside: TORCH picks those). `make lock` refreshes the pins from the newest allowed versions;
 # `make test-latest` runs the suite against the newest allowed versions in .venv-latest (not in CI), so an upgrade
-# that breaks something is found on purpose. `make lint` is ruff; CI runs it too.
+# that breaks something is found on purpose. `make lint` (ruff), `make imports` (the layer contract) and
+# `make typecheck` (mypy) run in CI too.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -18,7 +19,7 @@ CONSTRAINTS := constraints.txt
 # what the lock leaves to TORCH: torch itself and the CUDA libraries of its build; and this package
 UNPINNED := ^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|pruneopt)==
 
-.PHONY: setup data demo test test-latest lint lock bench clean
+.PHONY: setup data demo test test-latest lint imports typecheck lock bench clean
 
 setup: $(STAMP) data
 
@@ -66,6 +67,16 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# the layer contract of README's Layout section (import-linter; contracts in pyproject.toml)
+imports: setup
+	$(BIN)/lint-imports
+
+# mypy over the modules that are clean so far (strict for the core and cpp_ext; see [tool.mypy] in pyproject.toml)
+TYPED := pruneopt/models pruneopt/common pruneopt/preprocess.py pruneopt/errors.py pruneopt/complexity.py \
+	pruneopt/space.py pruneopt/thinning.py pruneopt/seeds.py cpp_ext
+typecheck: setup
+	$(BIN)/mypy $(TYPED)
 
 bench: setup
 	$(BIN)/python bench/sampling.py

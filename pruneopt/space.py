@@ -17,7 +17,7 @@ same samples and a longer run extends a shorter one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -309,7 +309,7 @@ class PruningSpace:
         widths = np.concatenate(kept_w)[:n]
         return Samples(self, widths, self.stats(widths), drawn, accepted, seed, regime)
 
-    def _fast_draw(self):  # noqa: ANN202 - returns a closure
+    def _fast_draw(self) -> Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]]:
         """A batch drawer: uniform keep ratios -> widths and approximate FLOPs fractions, all in float32.
 
         Widths are exact (small integers are exact in float32); the fractions carry ~1e-6 relative error, so the

@@ -21,7 +21,9 @@ from .models.graph import Layer
 
 
 def _filter_scores(layer: Layer, module: nn.Module, criterion: str) -> torch.Tensor | None:
-    w = module.weight.detach()
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    w = weight.detach()
     if layer.kind == "conv" and criterion in ("l1", "l2"):
         order = 1 if criterion == "l1" else 2
         return torch.linalg.vector_norm(w.flatten(1), ord=order, dim=1, dtype=torch.float64)

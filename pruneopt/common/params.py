@@ -8,7 +8,7 @@ count), ``N|MIN-MAX`` ranges and comma-separated positive integers. Each parser 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -81,7 +81,13 @@ def parse_int_list(text: str | Sequence[int], what: str = "batch sizes", example
     return values
 
 
-class ParsedParam(click.ParamType):
+if TYPE_CHECKING:  # click >= 8.5 makes ParamType generic; older versions cannot be subscripted at run time
+    _ParamBase = click.ParamType[Any, Any]
+else:
+    _ParamBase = click.ParamType
+
+
+class ParsedParam(_ParamBase):
     """A click type that runs one of the parsers above (or any ``str -> value`` function raising ``ValueError``);
     its message becomes click's usage error."""
 

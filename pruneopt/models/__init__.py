@@ -1,10 +1,11 @@
 """Width-parameterised networks: ResNets (CIFAR and ImageNet style) and MobileNetV2, built from a spec."""
 
-from .graph import Arch, Layer, SlotInfo
+from .graph import Arch, Layer, Network, SlotInfo
 from .registry import get_arch, list_archs, register
 from .spec import ModelSpec
 
-__all__ = ["Arch", "Layer", "ModelSpec", "SlotInfo", "build", "default_spec", "get_arch", "list_archs", "register"]
+__all__ = ["Arch", "Layer", "ModelSpec", "Network", "SlotInfo", "build", "default_spec", "get_arch", "list_archs",
+           "register"]
 
 
 def default_spec(arch: str, **options: object) -> ModelSpec:
@@ -12,6 +13,6 @@ def default_spec(arch: str, **options: object) -> ModelSpec:
     return get_arch(arch).default_spec(**options)  # type: ignore[arg-type]
 
 
-def build(spec: ModelSpec):  # noqa: ANN201 - returns the architecture's nn.Module
-    """Build the ``nn.Module`` of a spec; the spec is kept as ``model.spec``."""
+def build(spec: ModelSpec) -> Network:
+    """Build the network of a spec (an ``nn.Module``); the spec is kept as ``model.spec``."""
     return get_arch(spec.arch).build(spec)

@@ -60,6 +60,12 @@ def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+class Network(nn.Module):
+    """A network built from a width spec by :meth:`Arch.build`; ``spec`` says exactly what it is."""
+
+    spec: ModelSpec
+
+
 class Arch(ABC):
     """An architecture: its channel slots, its channel graph and a builder from a width spec."""
 
@@ -108,9 +114,9 @@ class Arch(ABC):
         """The channel graph for ``spec``'s options at the given input size (width-independent)."""
 
     @abstractmethod
-    def _build(self, spec: ModelSpec) -> nn.Module: ...
+    def _build(self, spec: ModelSpec) -> Network: ...
 
-    def build(self, spec: ModelSpec) -> nn.Module:
+    def build(self, spec: ModelSpec) -> Network:
         """An ``nn.Module`` with exactly the widths of ``spec``; the spec is kept as ``model.spec``."""
         if spec.arch != self.name:
             raise SpecError(f"spec is for {spec.arch!r}, not {self.name!r}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .graph import Arch, Layer, SlotInfo, conv_out
+from .graph import Arch, Layer, Network, SlotInfo, conv_out
 from .spec import ModelSpec
 
 # (expansion t, output channels c, repeats n, first stride s), as in Sandler et al. 2018
@@ -70,7 +70,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_res_connect else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(Network):
     def __init__(self, arch: MobileNetV2Arch, spec: ModelSpec) -> None:
         super().__init__()
         w = spec.width_map()
@@ -190,5 +190,5 @@ class MobileNetV2Arch(Arch):
             out.append(Layer("classifier.1", "linear", "features.18", spec.num_classes, bias=True))
         return out
 
-    def _build(self, spec: ModelSpec) -> nn.Module:
+    def _build(self, spec: ModelSpec) -> Network:
         return MobileNetV2(self, spec)

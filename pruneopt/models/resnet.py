@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .graph import Arch, Layer, SlotInfo, conv_out
+from .graph import Arch, Layer, Network, SlotInfo, conv_out
 from .spec import ModelSpec
 
 
@@ -68,7 +68,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(Network):
     """A ResNet whose every channel count comes from a spec (build it with ``get_arch(name).build(spec)``)."""
 
     def __init__(self, arch: ResNetArch, spec: ModelSpec) -> None:
@@ -86,7 +86,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         cin = stem
         for s, depth in enumerate(arch.depths, start=1):
-            blocks = []
+            blocks: list[nn.Module] = []
             cout = w[f"layer{s}"]
             for b in range(depth):
                 stride = arch.stride(s, spec) if b == 0 else 1
@@ -237,5 +237,5 @@ class ResNetArch(Arch):
             out.append(Layer("fc", "linear", cin, spec.num_classes, bias=True))
         return out
 
-    def _build(self, spec: ModelSpec) -> nn.Module:
+    def _build(self, spec: ModelSpec) -> Network:
         return ResNet(self, spec)
