@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from pruneopt.checkpoint import save_subnet
 from pruneopt.models import build, default_spec
+from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, read_preprocess
 from reidserve.model import (
     GeM,
     HeadConfig,
@@ -80,9 +81,12 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         model.pool.p.fill_(2.5)
         model.neck.running_mean.uniform_(-0.1, 0.1)
     folder = save_reid_model(model, tmp_path / "m")
-    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "reid.json", "spec.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "preprocess.json", "reid.json",
+                                                        "spec.json"]
     meta = json.loads((folder / "reid.json").read_text())
     assert meta["embed_dim"] == 64 and meta["input_size"] == [64, 32] and meta["pooling"]["type"] == "gem"
+    pre = read_preprocess(folder)  # what export and serving read: RGB 3x64x32, ImageNet statistics, L2 embedding
+    assert pre == Preprocess((3, 64, 32), IMAGENET_MEAN, IMAGENET_STD, output="embedding", normalized=True)
     loaded = load_reid_model(folder)
     assert not loaded.training
     x = torch.randn(3, 3, 64, 32)
@@ -173,7 +177,8 @@ def test_backbone_and_model_folders_share_the_subnetwork_reader(tmp_path: Path) 
     with pytest.raises(ModelError, match="weights.safetensors does not fit"):
         backbone_from_subnet(tmp_path / "narrow")
     folder = save_reid_model(build_reid_model("resnet20", seed=0), tmp_path / "m")
-    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "reid.json", "spec.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "preprocess.json", "reid.json",
+                                                        "spec.json"]
     (folder / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="cannot read weights"):
         load_reid_model(folder)
