@@ -81,7 +81,7 @@ class SubnetworkFormat:
         from .checkpoint import load_subnet  # lazy: torch, which listing the formats does not need
 
         model = load_subnet(folder)
-        return FolderModel(model, model.spec, read_preprocess(folder), self.name, folder)
+        return FolderModel(model, model.spec, read_preprocess(folder), self.name, folder)  # type: ignore[arg-type]
 
 
 _BUILT_IN_FORMAT = SubnetworkFormat()

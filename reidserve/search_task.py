@@ -180,7 +180,7 @@ class ReidEvaluator:
         model = thin(self.parent, spec)
         if s.bn_batches > 0:
             if self._train_images is None:  # decoded once per evaluator (and shared with the fine-tunes)
-                self._train_images = DecodedImages(load_dataset(s.data).train, tuple(s.size), cache=True)
+                self._train_images = DecodedImages(load_dataset(s.data).train, (s.size[0], s.size[1]), cache=True)
             model = recalibrate_bn(model, self._train_images, s.bn_batches, s.batch[0] * s.batch[1],
                                    derive_seed(seed, "bn"))
         return model

@@ -165,7 +165,7 @@ def _export_onnx(o: ExportOptions, result: dict[str, Any]) -> tuple[Path, Any]:
     if o.arch is not None or o.path is None:
         model = load_model(o.path, o.arch, in_chans=given[0] if given and o.arch else None,
                            num_classes=o.num_classes, last_stride=o.last_stride, features_only=o.features_only)
-        shape = given or (model.spec.in_chans, *get_arch(model.spec.arch).default_input[1:])
+        shape = given or (int(model.spec.in_chans), *get_arch(str(model.spec.arch)).default_input[1:])
         mean, std = (m, s) if m is not None and s is not None else default_mean_std(shape[0])
         choice = InputChoice(shape, mean, std, normalize=o.normalize)
         fmt = None

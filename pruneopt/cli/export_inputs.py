@@ -61,11 +61,11 @@ def choose_input(loaded: FolderModel, shape: tuple[int, int, int] | None, mean: 
         if mean is None or std is None:
             mean, std = default_mean_std(shape[0])  # type: ignore[index]
             assumed.append(f"mean {_values_text(mean)} and std {_values_text(std)} (ImageNet's)")
-        notes = () if not assumed else (
+        told = () if not assumed else (
             f"{loaded.folder} records no preprocessing ({PREPROCESS_FILE}); assumed {' and '.join(assumed)}: pass "
             "--input, --mean and --std if the model was trained otherwise",)
         return InputChoice(shape, mean, std, normalize, source="assumed" if assumed else "given",  # type: ignore[arg-type]
-                           notes=notes)
+                           notes=told)
     kind = "embedding" if spec.features_only else "logits"
     if pre.output != kind:
         raise PruneoptError(f"{where} says the model outputs {pre.output}, but its spec ({spec.arch}) gives "
