@@ -66,6 +66,15 @@ def invoke(group, argv: list[str]) -> str:  # noqa: ANN001 - a click group
     return r.stdout
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread in this process (the training and the service use one too)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("chain") / "data"

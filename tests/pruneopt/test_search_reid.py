@@ -269,6 +269,7 @@ def test_the_winner_folder_is_what_every_consumer_takes(run: Path, tiny: Path, t
 
     s = summary(run)
     before = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         r = CliRunner().invoke(reidserve_main, ["eval", "--model", str(run / "winner"), "--data", str(tiny),
                                                 "--json", "--threads", "1"])

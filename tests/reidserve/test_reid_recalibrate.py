@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,15 @@ from reidserve.data import TestTransform, load_dataset
 from reidserve.model import reid_spec
 from reidserve.train.images import DecodedImages
 from reidserve.train.recalibrate import recalibrate_bn
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread: OpenMP's spin-waiting threads crawl on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
