@@ -74,15 +74,24 @@ def describe_model(path: str | Path, label: str | None = None) -> BenchModel:
                           macs=int(macs) if macs else None, arch=side.get("metadata", {}).get("pruneopt.arch"))
     if p.is_file() and p.suffix == ".json":
         p = p.parent
-    if not (p / "spec.json").is_file():
-        raise ExportError(f"{p} is not a model: give a subnetwork folder (spec.json + weights.safetensors), an .onnx "
-                          "exported by `pruneopt export`, or a TensorRT .engine")
-    from pruneopt.models import ModelSpec, get_arch  # lazy: torch, which benchmarking exported files does not need
+    if not p.is_dir():
+        raise ExportError(f"{p} is not a model: give a model folder (a subnetwork folder, spec.json + "
+                          "weights.safetensors, or another format pruneopt export reads), an .onnx exported by "
+                          "`pruneopt export`, or a TensorRT .engine")
+    from pruneopt.model_formats import load_model_folder  # lazy: torch, which benchmarking exported files does not need
+    from pruneopt.models import get_arch
 
-    spec = ModelSpec.load(p)
-    shape = (spec.in_chans, *get_arch(spec.arch).default_input[1:])
+    try:
+        loaded = load_model_folder(p)
+    except ExportError:
+        raise
+    except PruneoptError as exc:
+        raise ExportError(str(exc)) from None
+    spec, pre = loaded.spec, loaded.preprocess
+    shape = pre.input_shape if pre is not None else (spec.in_chans, *get_arch(spec.arch).default_input[1:])
     name = label or (p.name if p.name not in ("", ".") else spec.arch)
-    return BenchModel(name, folder=p, input_shape=shape, arch=spec.arch, spec_hash=spec.hash())  # type: ignore[arg-type]
+    return BenchModel(name, folder=loaded.folder, input_shape=shape, arch=spec.arch,  # type: ignore[arg-type]
+                      spec_hash=spec.hash(), normalize=bool(pre is not None and pre.normalized))
 
 
 def _macs(model: BenchModel, shape: tuple[int, int, int]) -> int | None:

@@ -1,7 +1,8 @@
 """Verified ONNX export of pruneopt networks (``pruneopt export PATH --onnx``).
 
-:func:`export_onnx` wraps the network (:class:`ExportWrapper`: a features-only network gets global average
-pooling, and optionally L2 normalisation, so it outputs an embedding), exports it with a dynamic batch axis, and
+:func:`export_onnx` wraps the network (:class:`ExportWrapper`: a features-only network that returns a feature map
+gets global average pooling, and optionally L2 normalisation, so it outputs an embedding; a whole model such as a
+re-ID backbone + GeM + BNNeck + L2 is exported as it is), exports it with a dynamic batch axis, and
 
 1. uses the dynamo exporter (``torch.onnx.export(..., dynamo=True)``) and, if that raises, the legacy TorchScript
    exporter, with a warning naming the reason (``exporter="auto"``; ``"dynamo"`` or ``"legacy"`` force one);
@@ -37,8 +38,9 @@ import torch
 from torch import nn
 
 from pruneopt import __version__ as PRUNEOPT_VERSION
-from pruneopt.checkpoint import SPEC_FILE, load_subnet
 from pruneopt.complexity import count
+from pruneopt.errors import PruneoptError
+from pruneopt.model_formats import load_model_folder
 from pruneopt.models import ModelSpec, build, get_arch
 
 from .errors import ExportError, VerificationError
@@ -75,7 +77,12 @@ class ExportFallbackWarning(UserWarning):
 
 
 class ExportWrapper(nn.Module):
-    """What gets exported: the network, plus pooling (features-only networks) and optional L2 normalisation."""
+    """What gets exported: the network, plus pooling (features-only networks that return a feature map) and optional
+    L2 normalisation.
+
+    A model whose ``output_normalized`` attribute is true (a whole re-ID model) ends in L2 normalisation already:
+    nothing is appended, and the export is marked normalised (:attr:`normalized`).
+    """
 
     def __init__(self, model: nn.Module, normalize: bool = False) -> None:
         super().__init__()
@@ -89,15 +96,21 @@ class ExportWrapper(nn.Module):
             )
         self.model = model
         self.spec = spec
-        self.normalize = normalize
+        self.model_normalizes = bool(getattr(model, "output_normalized", False))
+        self.normalize = normalize and not self.model_normalizes
 
     @property
     def output_kind(self) -> str:
         return "embedding" if self.spec.features_only else "logits"
 
+    @property
+    def normalized(self) -> bool:
+        """Whether the exported output is L2-normalised (appended here, or by the model itself)."""
+        return self.normalize or self.model_normalizes
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model(x)
-        if self.spec.features_only:
+        if self.spec.features_only and y.dim() == 4:  # a feature map (fixed when traced): pool it
             y = y.mean(dim=(2, 3))
         if self.normalize:
             y = nn.functional.normalize(y, p=2.0, dim=1)
@@ -107,24 +120,25 @@ class ExportWrapper(nn.Module):
 def load_model(path: str | Path | None = None, arch: str | None = None, *, in_chans: int | None = None,
                num_classes: int | None = None, last_stride: int | None = None,
                features_only: bool = False) -> nn.Module:
-    """A subnetwork folder (``spec.json`` + ``weights.safetensors``, e.g. a run's ``winner/``) or a ``spec.json``
-    next to its weights; or, with ``arch``, the unpruned reference network with random weights. Eval mode."""
+    """A model folder of any registered format (:mod:`pruneopt.model_formats`: a subnetwork folder, ``spec.json`` +
+    ``weights.safetensors``, e.g. a run's ``winner/``, or a ``spec.json`` next to its weights; a re-ID model or
+    training run folder with reidserve installed); or, with ``arch``, the unpruned reference network with random
+    weights. Eval mode."""
     if (path is None) == (arch is None):
         raise ExportError("give exactly one of a subnetwork folder (PATH) or --arch NAME")
     if arch is not None:
         spec = get_arch(arch).default_spec(in_chans=in_chans, num_classes=num_classes, last_stride=last_stride or 2,
                                            features_only=features_only)
         return build(spec).eval()
-    p = Path(path)  # type: ignore[arg-type]
-    if p.is_file() and p.suffix == ".json":
-        p = p.parent
-    if not p.is_dir():
-        raise ExportError(f"{p} is not a subnetwork folder (a folder holding {SPEC_FILE} and weights.safetensors, "
-                          "such as a run's winner/) nor a spec.json")
     if any(v is not None for v in (in_chans, num_classes, last_stride)) or features_only:
         raise ExportError("--num-classes, --last-stride and --features-only come from the spec file; do not pass "
                           "them with a subnetwork folder")
-    return load_subnet(p).eval()
+    try:
+        return load_model_folder(path).model.eval()  # type: ignore[arg-type]
+    except ExportError:
+        raise
+    except PruneoptError as exc:
+        raise ExportError(str(exc)) from None
 
 
 # -- verification ---------------------------------------------------------------------------------------------
@@ -328,8 +342,10 @@ def export_onnx(model: nn.Module, out: str | Path, input_shape: tuple[int, int, 
                 opset: int = DEFAULT_OPSET, exporter: str = "auto", slim: bool = True, normalize: bool = False,
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, verify: bool = True,
                 batches: Sequence[int] = DEFAULT_BATCHES, tolerance: float = DEFAULT_TOLERANCE,
-                calib: np.ndarray | None = None, max_batch: int = 4096, seed: int = 0) -> ExportResult:
-    """Export ``model`` (built by :mod:`pruneopt.models`) to ``out`` as verified ONNX; see the module docstring."""
+                calib: np.ndarray | None = None, max_batch: int = 4096, seed: int = 0,
+                pixel_scale: float = 1.0 / 255.0, extra: dict[str, str] | None = None) -> ExportResult:
+    """Export ``model`` (built by :mod:`pruneopt.models`, or a model with a ``spec`` such as a re-ID model) to
+    ``out`` as verified ONNX; see the module docstring. ``pixel_scale`` and ``extra`` go into the metadata."""
     t0 = time.perf_counter()
     spec: ModelSpec = getattr(model, "spec", None)  # type: ignore[assignment]
     wrapper = ExportWrapper(model, normalize).eval()
@@ -351,7 +367,8 @@ def export_onnx(model: nn.Module, out: str | Path, input_shape: tuple[int, int, 
     meta = ExportMetadata(
         arch=spec.arch, spec=spec.to_dict(), spec_hash=spec.hash(), input_shape=tuple(input_shape),  # type: ignore[arg-type]
         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), output_kind=wrapper.output_kind,
-        output_dim=int(probe.shape[1]), normalized=normalize, input_name="input", output_name=wrapper.output_kind,
+        output_dim=int(probe.shape[1]), normalized=wrapper.normalized, input_name="input",
+        output_name=wrapper.output_kind, pixel_scale=float(pixel_scale), extra=dict(extra or {}),
         color="RGB" if input_shape[0] == 3 else "L" if input_shape[0] == 1 else f"{input_shape[0]}-channel",
         max_batch=max_batch, macs=c.macs, params=c.params,
         opset=next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), opset),

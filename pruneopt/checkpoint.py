@@ -4,6 +4,11 @@ This module is the one reader and writer of "a spec file next to a safetensors f
 :func:`write_subnet` take the weights file's name, so other folder layouts built on the same pair (a re-ID model
 folder holds ``spec.json`` + ``model.safetensors``) load and save through them too. Both files are written
 atomically (:func:`pruneopt.common.files.atomic_write`): a crash never leaves a half-written one behind.
+
+A model that is more than a pruneopt network (a re-ID backbone with its pooling and neck) saves its own folder:
+:func:`save_subnet` hands it over when it has a ``save_folder`` method (:class:`SavesOwnFolder`), so a stage that
+saves "the model" (the search's winner) writes whatever folder that model is read back from (see
+:mod:`pruneopt.model_formats`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from safetensors import SafetensorError
@@ -38,11 +44,23 @@ def write_subnet(folder: str | os.PathLike[str], spec: ModelSpec, state: Mapping
     return out
 
 
+@runtime_checkable
+class SavesOwnFolder(Protocol):
+    """A model that writes its own folder (spec, weights, preprocessing record) instead of a subnetwork folder."""
+
+    def save_folder(self, folder: Path, preprocess: Preprocess | None) -> Path:
+        """Write the model into ``folder`` (with ``preprocess``, corrected to what this model outputs)."""
+        ...
+
+
 def save_subnet(model: nn.Module, folder: str | os.PathLike[str], preprocess: Preprocess | None = None) -> Path:
     """Write ``model`` (built by :mod:`pruneopt.models`) to ``folder``; returns the folder.
 
-    ``preprocess`` (how its input is made, what it outputs) goes beside the spec as ``preprocess.json``.
+    ``preprocess`` (how its input is made, what it outputs) goes beside the spec as ``preprocess.json``. A model
+    with its own folder format (:class:`SavesOwnFolder`) writes that instead.
     """
+    if isinstance(model, SavesOwnFolder):
+        return model.save_folder(Path(folder), preprocess)
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         raise SpecError("only models built by pruneopt.models can be saved as a subnetwork (model.spec is missing)")
@@ -73,14 +91,41 @@ def read_subnet(folder: str | os.PathLike[str], *, weights_file: str = WEIGHTS_F
     return spec, state
 
 
+def state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], shown: int = 3) -> str | None:
+    """How ``state`` fails to fit ``model``, in one line naming the first ``shown`` tensors of each kind (shape
+    mismatches, missing, unexpected), or ``None`` when every key is there with its shape."""
+    want = model.state_dict()
+    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in want.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+
+    def first(items: list[str]) -> str:
+        return "; ".join(items[:shown]) + ("; ..." if len(items) > shown else "")
+
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} of {len(want)} tensors differ in shape (" + first(
+            [f"{k}: saved {list(a)} vs model {list(b)}" for k, a, b in shapes]) + ")")
+    if missing:
+        parts.append(f"{len(missing)} missing ({first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({first(unexpected)})")
+    return ", ".join(parts) if parts else None
+
+
 def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str,
                       error: type[Exception] = SpecError) -> None:
-    """``model.load_state_dict(state, strict=True)``; a mismatch raises ``error("{what}: <first line>")``."""
+    """``model.load_state_dict(state, strict=True)``; a mismatch raises ``error("{what}: <mismatch>")``, naming
+    the first mismatching keys and their shapes (:func:`state_mismatch`)."""
+    problem = state_mismatch(model, state)
+    if problem is not None:
+        raise error(f"{what}: {problem}")
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
-        raise error(f"{what}: {first}") from exc
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied
+        text = " ".join(str(exc).split())
+        raise error(f"{what}: {text[:300] or type(exc).__name__}") from exc
 
 
 def load_subnet(folder: str | os.PathLike[str]) -> nn.Module:

@@ -14,6 +14,13 @@ On disk a re-ID model is a folder (see :func:`save_reid_model`)::
     spec.json          the backbone's pruneopt spec (features_only, last_stride 1)
     model.safetensors  the whole ReidModel state dict (backbone.*, pool.p, neck.*)
     reid.json          the head configuration (pooling, neck, embedding size, input size, mean/std)
+    preprocess.json    how images become the input, and the output (an L2-normalised embedding); see
+                       :mod:`pruneopt.preprocess`
+
+``reidserve train`` writes one into its run folder's ``model/``; a re-ID search writes its winner as one. The
+folder is a *model format* of pruneopt (:data:`FOLDER_FORMAT`, the entry point ``reid`` of the group
+``pruneopt.model_formats``), so ``pruneopt export`` exports the whole model -- backbone, GeM, BNNeck and L2 -- from
+a model folder or a run folder, without pruneopt importing reidserve.
 """
 
 from __future__ import annotations
@@ -33,19 +40,23 @@ from pruneopt.checkpoint import WEIGHTS_FILE as SUBNET_WEIGHTS
 from pruneopt.checkpoint import load_state_strict, read_subnet, write_subnet
 from pruneopt.common.files import atomic_write_json
 from pruneopt.errors import SpecError
+from pruneopt.model_formats import FolderModel
 from pruneopt.models import ModelSpec, build, default_spec
-from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, read_preprocess
 
 from .errors import ReidserveError
 
 __all__ = [
+    "FOLDER_FORMAT",
     "GeM",
     "HeadConfig",
     "MODEL_FORMAT",
     "ModelError",
+    "ReidFolderFormat",
     "ReidModel",
     "backbone_from_module",
     "backbone_from_subnet",
+    "backbone_spec",
     "build_reid_model",
     "is_model_folder",
     "load_reid_model",
@@ -107,6 +118,12 @@ class HeadConfig:
             **({"extra": self.extra} if self.extra else {}),
         }
 
+    def preprocess(self, pixel_scale: float = 1.0 / 255.0) -> Preprocess:
+        """What a model with this head takes (RGB at ``input_size``, ``mean``/``std``) and gives (an L2-normalised
+        embedding), as the folder's ``preprocess.json`` records it."""
+        return Preprocess((3, *self.input_size), self.mean, self.std, color="RGB",  # type: ignore[arg-type]
+                          output="embedding", normalized=True, pixel_scale=pixel_scale)
+
     @classmethod
     def from_dict(cls, data: Any, where: str = "reid.json") -> HeadConfig:
         if not isinstance(data, dict):
@@ -137,7 +154,14 @@ class HeadConfig:
 
 
 class ReidModel(nn.Module):
-    """``backbone`` (features-only pruneopt network) -> GeM -> BNNeck -> L2-normalised embedding."""
+    """``backbone`` (features-only pruneopt network) -> GeM -> BNNeck -> L2-normalised embedding.
+
+    ``output_normalized`` tells :class:`export.onnx.ExportWrapper` that the output is L2-normalised already; the
+    model saves itself as a re-ID model folder wherever a stage saves "the model" (``save_folder``, see
+    :func:`pruneopt.checkpoint.save_subnet`).
+    """
+
+    output_normalized = True
 
     def __init__(self, backbone: nn.Module, head: HeadConfig | None = None) -> None:
         super().__init__()
@@ -167,6 +191,10 @@ class ReidModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.pool(self.backbone(x))
         return F.normalize(self.neck(feat), dim=1)
+
+    def save_folder(self, folder: Path, preprocess: Preprocess | None) -> Path:
+        """:func:`save_reid_model` (the hook of :func:`pruneopt.checkpoint.save_subnet`)."""
+        return save_reid_model(self, folder, preprocess)
 
 
 def reid_spec(spec: ModelSpec) -> ModelSpec:
@@ -205,16 +233,20 @@ def _adapt_state(state: dict[str, torch.Tensor], spec: ModelSpec) -> tuple[dict[
 
 
 def backbone_from_subnet(folder: str | os.PathLike[str]) -> nn.Module:
-    """A features-only, last-stride-1 backbone from a pruned winner (``spec.json`` + ``weights.safetensors``).
+    """A features-only, last-stride-1 backbone from a pruned winner (``spec.json`` + ``weights.safetensors``), a
+    re-ID model folder or a ``reidserve train`` run folder (the backbone of its model; the head is left out).
 
-    The folder is read by :func:`pruneopt.checkpoint.read_subnet`. The classifier (``fc.*`` / ``classifier.*``)
-    is dropped. A winner trained on grey images (``in_chans=1``, e.g. Fashion-MNIST) gets an RGB stem whose
-    weights are the original ones divided by 3 per channel, so a grey image replicated to RGB gives the same
-    activations.
+    A subnetwork folder is read by :func:`pruneopt.checkpoint.read_subnet`. The classifier (``fc.*`` /
+    ``classifier.*``) is dropped. A winner trained on grey images (``in_chans=1``, e.g. Fashion-MNIST) gets an RGB
+    stem whose weights are the original ones divided by 3 per channel, so a grey image replicated to RGB gives the
+    same activations.
     """
     root = Path(folder)
     if not root.is_dir():
-        raise ModelError(f"backbone folder {root} does not exist (expected spec.json + {SUBNET_WEIGHTS})")
+        raise ModelError(f"backbone folder {root} does not exist (expected spec.json + {SUBNET_WEIGHTS}, a re-ID "
+                         "model folder or a training run folder)")
+    if _reid_folder(root) is not None:
+        return load_reid_model(root).backbone
     spec, state = _read(root, SUBNET_WEIGHTS)
     state, spec = _adapt_state(state, spec)
     model = build(reid_spec(spec))
@@ -247,11 +279,23 @@ def backbone_from_module(module: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 
 
-def save_reid_model(model: ReidModel, folder: str | os.PathLike[str]) -> Path:
-    """Write ``spec.json``, ``model.safetensors`` and ``reid.json`` into ``folder`` (each written atomically)."""
+def save_reid_model(model: ReidModel, folder: str | os.PathLike[str], preprocess: Preprocess | None = None) -> Path:
+    """Write ``spec.json``, ``model.safetensors``, ``reid.json`` and ``preprocess.json`` into ``folder`` (each
+    written atomically).
+
+    The preprocessing record is the head's (:meth:`HeadConfig.preprocess`: the model outputs an L2-normalised
+    embedding); a given ``preprocess`` (e.g. a search task's) must agree with it on the input, and gives its pixel
+    scale.
+    """
+    record = model.head.preprocess(preprocess.pixel_scale if preprocess is not None else 1.0 / 255.0)
+    if preprocess is not None:
+        clash = [d for d in record.differences(preprocess) if not d.startswith(("output", "normalized"))]
+        if clash:
+            raise ModelError(f"the preprocessing to record does not fit the model's head: {'; '.join(clash)}")
     out = write_subnet(folder, model.spec, model.state_dict(), weights_file=WEIGHTS_FILE,
                        metadata={"format": MODEL_FORMAT, "spec_hash": model.spec.hash()})
     atomic_write_json(out / HEAD_FILE, model.head.to_dict(model.embed_dim))
+    record.save(out)
     return out
 
 
@@ -259,15 +303,33 @@ def is_model_folder(folder: str | os.PathLike[str]) -> bool:
     return (Path(folder) / HEAD_FILE).is_file()
 
 
+def _reid_folder(path: Path) -> Path | None:
+    """``path`` when it is a re-ID model folder, ``path/model`` when it is a training run folder, else None."""
+    if is_model_folder(path):
+        return path
+    if is_model_folder(path / "model"):
+        return path / "model"
+    return None
+
+
+def backbone_spec(path: str | os.PathLike[str]) -> ModelSpec:
+    """The backbone spec of a subnetwork folder, a re-ID model folder or a training run folder (read, not built)."""
+    p = Path(path)
+    root = _reid_folder(p) or p
+    try:
+        return ModelSpec.load(root / SPEC_FILE)
+    except SpecError as exc:
+        raise ModelError(str(exc)) from None
+
+
 def resolve_model_folder(path: str | os.PathLike[str]) -> Path:
     """``path`` itself when it is a model folder, ``path/model`` when it is a training run folder."""
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model path {p} does not exist")
-    if is_model_folder(p):
-        return p
-    if is_model_folder(p / "model"):
-        return p / "model"
+    root = _reid_folder(p)
+    if root is not None:
+        return root
     raise ModelError(
         f"{p} is neither a re-ID model folder ({HEAD_FILE}, {SPEC_FILE}, {WEIGHTS_FILE}) nor a training run "
         f"folder holding one in model/ (train one with `reidserve train --out {p} ...`)"
@@ -288,3 +350,25 @@ def load_reid_model(path: str | os.PathLike[str], map_location: str | torch.devi
     model = ReidModel(build(spec), head)
     load_state_strict(model, state, f"{root / WEIGHTS_FILE} does not fit {root / SPEC_FILE}", ModelError)
     return model.to(map_location).eval()
+
+
+class ReidFolderFormat:
+    """The re-ID model folder as a pruneopt model format (see the module docstring): a model folder or a training
+    run folder loads as the whole :class:`ReidModel`, with its preprocessing record (or, for folders written before
+    there was one, the record its ``reid.json`` implies)."""
+
+    name = "reid"
+    description = (f"a re-ID model folder ({HEAD_FILE} + {SPEC_FILE} + {WEIGHTS_FILE}, such as a re-ID search's "
+                   "winner/) or a `reidserve train` run folder")
+
+    def recognises(self, folder: Path) -> bool:
+        return _reid_folder(folder) is not None
+
+    def load(self, folder: Path) -> FolderModel:
+        root = resolve_model_folder(folder)
+        model = load_reid_model(root)
+        preprocess = read_preprocess(root) or model.head.preprocess()
+        return FolderModel(model, model.spec, preprocess, self.name, root)
+
+
+FOLDER_FORMAT = ReidFolderFormat()

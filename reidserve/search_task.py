@@ -5,20 +5,28 @@ the group ``pruneopt.search_tasks``); pruneopt itself imports nothing from reids
 
 * **data** -- ``data`` is a re-ID dataset folder (Market-1501 layout); ``val_data`` (default: ``data``) another one
   that scores the candidates;
-* **parent** -- must be given (a backbone folder, ``spec.json`` + ``weights.safetensors``, or a ``reidserve train``
-  model folder); it is stored as a features-only, last-stride-1, RGB backbone and FLOPs are counted at ``size``;
+* **parent** -- must be given (a backbone folder, ``spec.json`` + ``weights.safetensors``, a re-ID model folder
+  such as an earlier re-ID search's ``winner/``, or a ``reidserve train`` run folder: what ``reidserve eval --model``
+  takes); its backbone is stored in ``parent/`` as a features-only, last-stride-1, RGB subnetwork and FLOPs are
+  counted at ``size``;
 * **candidates** -- :class:`ReidEvaluator`, for each spec:
 
   1. thin the parent backbone to the spec, keeping its largest-L1 filters (:func:`pruneopt.thinning.thin`);
-  2. fine-tune it with :func:`reidserve.train.finetune_and_score`: a fresh GeM + BNNeck head, ``finetune_steps``
+  2. recalibrate its batch norm on ``bn_batches`` batches of P x K training images of ``val_data`` (adaptive BN,
+     :func:`reidserve.train.recalibrate.recalibrate_bn`), as classification candidates are;
+  3. fine-tune it with :func:`reidserve.train.finetune_and_score`: a fresh GeM + BNNeck head, ``finetune_steps``
      TMP steps of P x K images (``reid_batch``) on the training images of ``val_data`` (no labels: pseudo-identities
-     from k-reciprocal Jaccard + DBSCAN clustering, ``finetune_rounds`` cluster-and-train rounds), the same budget
-     for every candidate;
-  3. score mAP on the query/gallery split of ``val_data``; the candidate's error is ``1 - mAP``;
+     from k-reciprocal Jaccard + DBSCAN clustering, ``finetune_rounds`` cluster-and-train rounds; an epoch with
+     fewer than P pseudo-identities takes every image as its own), the same budget for every candidate;
+  4. score mAP on the query/gallery split of ``val_data``; the candidate's error is ``1 - mAP``;
 
 * **finals** -- the same longer fine-tune (``final_steps`` in ``final_rounds`` rounds, resumable, in
   ``runs/NAME/final/MODEL/run``) on ``data``, then ``1 - mAP`` on its query/gallery as the test error. Without
   ``val_data`` the candidates were selected on the same query/gallery as the final figures; the report says so.
+  The winner's fine-tuned model -- backbone, GeM, BNNeck, L2, the model whose mAP the report shows -- is saved as
+  a re-ID model folder in ``winner/`` (:func:`reidserve.model.save_reid_model`, with its ``preprocess.json``), so
+  ``pruneopt export runs/NAME/winner`` exports exactly what was scored; ``reidserve eval --model``,
+  ``reidserve train --backbone`` and a later search's ``--parent`` take it too.
 
 All randomness comes from the candidate's seed, so its error does not depend on the worker, the order or an
 interruption (equal thread counts on the same machine).
@@ -48,14 +56,17 @@ from pruneopt.thinning import thin
 
 from .cluster import ClusterConfig, ClusterError
 from .data import DatasetError, load_dataset
-from .model import HeadConfig, ModelError, ReidModel, backbone_from_subnet, is_model_folder, load_reid_model
+from .model import HeadConfig, ModelError, ReidModel, backbone_from_subnet, backbone_spec
 from .train import TrainError, evaluate_model, finetune_and_score, finetune_config, train_reid
+from .train.finetune import SearchTrainer
+from .train.images import DecodedImages
+from .train.recalibrate import recalibrate_bn
 
 OUTLIER_MODES = ("drop", "singleton")
 PARENT_HINT = (
     "--task reid needs --parent: a trained backbone folder (spec.json + weights.safetensors), e.g. made with "
     "`python bench/tmp_train.py pretrain --data DIR --out runs/src --arch resnet18 --size 256x128`, the winner/ of "
-    "an earlier search, or the model/ folder of a `reidserve train` run"
+    "an earlier search, or a `reidserve train` run folder (or its model/)"
 )
 NEEDS_DATA = ("--task reid needs --data DIR: a re-ID dataset folder (Market-1501 layout: bounding_box_train/, "
               "bounding_box_test/, query/)")
@@ -91,6 +102,8 @@ class ReidSection:
     finetune_rounds: int = setting(1, "cluster-and-train rounds of each candidate's fine-tune")
     final_steps: int = setting(400, "TMP steps of the final fine-tune of the winner and the baselines", quick=60)
     final_rounds: int = setting(4, "cluster-and-train rounds of the final fine-tune", quick=2)
+    bn_batches: int = setting(4, "batches of P x K training images that recalibrate each candidate's batch norm "
+                                 "after thinning (0: none)", quick=2)
     k1: int = setting(30, "clustering: k of the k-reciprocal neighbours")
     k2: int = setting(6, "clustering: neighbours of the local query expansion")
     cluster_eps: float = setting(0.6, "clustering: DBSCAN eps on the Jaccard distance")
@@ -122,6 +135,7 @@ class ReidSettings:
     device: str = "cpu"
     latency: bool = False  # also measure ONNX Runtime CPU latency of the thinned backbone
     latency_batch: int = 32
+    bn_batches: int = _DEFAULTS.bn_batches  # batch-norm recalibration batches (P x K images) after thinning
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -151,17 +165,30 @@ def finetune_kwargs(settings: ReidSettings, threads: int | None) -> dict[str, An
 
 
 class ReidEvaluator:
-    """Thin -> short TMP fine-tune -> ``1 - mAP`` on the query/gallery of ``settings.data``."""
+    """Thin -> batch-norm recalibration -> short TMP fine-tune -> ``1 - mAP`` on the query/gallery of
+    ``settings.data``."""
 
     def __init__(self, settings: ReidSettings | dict[str, Any]) -> None:
         self.settings = settings if isinstance(settings, ReidSettings) else ReidSettings.from_dict(settings)
         self.settings.cluster_config()  # bad clustering parameters fail here, not once per candidate
         self.parent = load_subnet(self.settings.parent_dir)
+        self._train_images: DecodedImages | None = None
+
+    def thinned(self, spec: ModelSpec, seed: int) -> nn.Module:
+        """The parent thinned to ``spec``, its batch norm recalibrated (``bn_batches``, seeded by ``seed``)."""
+        s = self.settings
+        model = thin(self.parent, spec)
+        if s.bn_batches > 0:
+            if self._train_images is None:  # decoded once per evaluator (and shared with the fine-tunes)
+                self._train_images = DecodedImages(load_dataset(s.data).train, (s.size[0], s.size[1]), cache=True)
+            model = recalibrate_bn(model, self._train_images, s.bn_batches, s.batch[0] * s.batch[1],
+                                   derive_seed(seed, "bn"))
+        return model
 
     def evaluate(self, spec: ModelSpec, seed: int) -> EvalResult:
         s = self.settings
         t0 = time.perf_counter()
-        model = thin(self.parent, spec)
+        model = self.thinned(spec, seed)
         # FAISS follows the torch thread count the pool set for this worker (no oversubscription)
         m_ap = finetune_and_score(model, s.data, s.steps, seed, **finetune_kwargs(s, torch.get_num_threads()))
         error = 1.0 - m_ap
@@ -215,6 +242,7 @@ class ReidTask:
             (0 < s.cluster_eps < 1, f"--cluster-eps is a Jaccard distance in (0, 1), got {s.cluster_eps}"),
             (s.outliers in OUTLIER_MODES, f"--outliers must be one of {', '.join(OUTLIER_MODES)}, got {s.outliers!r}"),
             (s.finetune_lr > 0, f"finetune_lr must be > 0, got {s.finetune_lr}"),
+            (s.bn_batches >= 0, f"--bn-batches must be >= 0, got {s.bn_batches}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -229,7 +257,10 @@ class ReidTask:
             raise PruneoptError(f"--data {data}: not a folder (--task reid needs a re-ID dataset folder)")
         values = {**values, "data": str(Path(data).resolve())}
         if "arch" not in values and values.get("parent") is not None:
-            values["arch"] = ModelSpec.load(Path(values["parent"]) / "spec.json").arch
+            try:
+                values["arch"] = backbone_spec(values["parent"]).arch
+            except ModelError as exc:
+                raise PruneoptError(f"--parent {values['parent']}: {exc}") from None
         return values
 
     def input_shape(self, cfg: ConfigView) -> tuple[int, int, int]:
@@ -237,7 +268,9 @@ class ReidTask:
         return 3, int(h), int(w)
 
     def preprocess(self, cfg: ConfigView) -> Preprocess:
-        """The saved backbones take ImageNet-normalised RGB images; exported alone they give an embedding."""
+        """ImageNet-normalised RGB images at ``size``. The parent (``parent/``) is a backbone: exported alone it gives
+        an average-pooled, unnormalised embedding; the winner (``winner/``) is a whole re-ID model, whose own record
+        says its embedding is L2-normalised (:meth:`reidserve.model.ReidModel.save_folder`)."""
         return Preprocess.for_channels(self.input_shape(cfg), IMAGENET_MEAN, IMAGENET_STD, output="embedding")
 
     def check_inputs(self, cfg: ConfigView, data_dir: str | None) -> None:
@@ -259,7 +292,7 @@ class ReidTask:
         return ReidSettings(parent_dir=str(parent_dir.resolve()), data=str(Path(data).resolve()), steps=steps,
                             rounds=rounds, size=(h, w), batch=(p, k), lr=float(s.finetune_lr),
                             k1=s.k1, k2=s.k2, cluster_eps=s.cluster_eps, outliers=s.outliers, device=device,
-                            latency=latency)
+                            latency=latency, bn_batches=s.bn_batches)
 
     def prepare_parent(self, ctx: RunContext, folder: Path) -> ParentResult:
         """The given parent as a backbone, scored as it is (a fresh head, no fine-tune) on both query/galleries."""
@@ -285,25 +318,27 @@ class ReidTask:
     def finetune_finals(self, ctx: RunContext, parent_dir: Path, parent: nn.Module,
                         models: dict[str, ModelSpec]) -> Iterator[FinalResult]:
         """Each model: thin, the same resumable TMP fine-tune on ``data`` (``final_steps`` in ``final_rounds``
-        rounds, seeded alike), then ``1 - mAP`` on its query/gallery; the fine-tuned backbone is the model."""
+        rounds, seeded alike), then ``1 - mAP`` on its query/gallery; the model is the fine-tuned re-ID model
+        (backbone + head), which the search saves as ``winner/`` for the winner."""
         c, s = ctx.cfg.common, _section(ctx.cfg)
         settings = self.settings(ctx.cfg, parent_dir, c.data, s.final_steps, s.final_rounds, ctx.device)
         for name, spec in models.items():
             fdir = ctx.root / "final" / name
-            init = save_subnet(thin(parent, spec), fdir / "init")  # where the fine-tune starts (a subnetwork folder)
+            # where the fine-tune starts: a subnetwork folder (a backbone: exported alone, an unnormalised embedding)
+            init = save_subnet(thin(parent, spec), fdir / "init", self.preprocess(ctx.cfg))
             tcfg = finetune_config(settings.data, s.final_steps, derive_seed(c.seed, "final"),
                                    backbone=init.resolve(), **finetune_kwargs(settings, torch.get_num_threads()))
             def log(line: str, name: str = name) -> None:
                 ctx.say(f"final {name}: {line}")
 
             try:  # resumes from fdir/run/checkpoint.pt after an interruption
-                res = train_reid(tcfg, fdir / "run", log=log)
+                res = train_reid(tcfg, fdir / "run", log=log, trainer_cls=SearchTrainer)
             except TrainError as exc:
                 raise PruneoptError(f"final fine-tune of {name}: {exc}") from None
             val = (res.last or {}).get("val")
             if val is None:
                 raise PruneoptError(f"final fine-tune of {name} produced no query/gallery result")
-            yield FinalResult(name, res.model.backbone, {
+            yield FinalResult(name, res.model, {
                 "val_error": None, "test_error": 1 - float(val["mAP"]), "test_map": float(val["mAP"]),
                 "test_rank1": float(val["rank1"]), "steps": s.final_steps,
                 "reid_model": f"final/{name}/run/model"})  # relative to the run folder
@@ -346,7 +381,8 @@ class ReidTask:
             if f:
                 lines.append(f"| {name} | {f['flops_fraction']:.3f} | {f['macs']:,} | {f['params']:,} | "
                              f"{f['ratio']:.1f} | {fmt(f.get('test_map'))} | {fmt(f.get('test_rank1'))} |")
-        lines += ["", "The fine-tuned winner backbone is in `winner/`; each fine-tuned re-ID model (with its head) in "
+        lines += ["", "The fine-tuned winner -- backbone, GeM, BN neck and L2, the model scored above -- is the "
+                  "re-ID model folder `winner/` (`pruneopt export` exports it whole); each final's is in "
                   "`final/MODEL/run/model/`.", ""]
         return lines
 
@@ -356,10 +392,11 @@ class ReidTask:
 
 
 def _load_parent(parent: str | None, arch: str) -> nn.Module:
-    """The given parent as a features-only, last-stride-1, RGB backbone (classifier dropped, grey stem made RGB)."""
+    """The given parent as a features-only, last-stride-1, RGB backbone (classifier dropped, grey stem made RGB):
+    from a subnetwork folder, a re-ID model folder or a training run folder."""
     src = Path(parent)  # type: ignore[arg-type]
     try:
-        backbone = load_reid_model(src).backbone if is_model_folder(src) else backbone_from_subnet(src)
+        backbone = backbone_from_subnet(src)
     except ModelError as exc:
         raise PruneoptError(f"--parent {src}: {exc}") from None
     if backbone.spec.arch != arch:

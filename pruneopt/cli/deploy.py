@@ -23,7 +23,9 @@ from export.tensorrt import BatchProfile, EngineConfig, build_engine, import_ten
 from ..checkpoint import save_subnet
 from ..common.params import parse_int_list, parse_shape
 from ..errors import PruneoptError
+from ..model_formats import load_model_folder
 from ..models import ModelSpec, get_arch, list_archs
+from .export_inputs import InputChoice, choose_input
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -52,15 +54,20 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
 @click.option("--engine", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Engine file. Default: the ONNX path with .engine (-fp16.engine with --fp16).")
 @click.option("--input", "input_", metavar="CxHxW", default=None,
-              help="Input size, e.g. 3x256x128 for re-ID. Default: the architecture's.")
+              help="Input size, e.g. 3x256x128 for re-ID. Default: the folder's preprocess.json, else the "
+                   "architecture's.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "legacy"]), default="auto", show_default=True,
               help="auto: dynamo, falling back to the legacy TorchScript exporter with a warning.")
 @click.option("--slim/--no-slim", default=True, show_default=True,
               help="Optimise the graph with onnxscript's optimizer (constant folding, BN folding, dead nodes).")
 @click.option("--normalize", is_flag=True, help="Append L2 normalisation to an embedding (features-only) model.")
-@click.option("--mean", default=None, help="Per-channel mean stored in the metadata. Default: ImageNet's.")
-@click.option("--std", default=None, help="Per-channel std stored in the metadata. Default: ImageNet's.")
+@click.option("--mean", default=None, help="Per-channel mean stored in the metadata. Default: the folder's "
+                                            "preprocess.json, else ImageNet's.")
+@click.option("--std", default=None, help="Per-channel std stored in the metadata. Default: the folder's "
+                                           "preprocess.json, else ImageNet's.")
+@click.option("--override-preprocess", is_flag=True,
+              help="Let --input, --mean and --std differ from what the folder's preprocess.json records.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Real inputs for verification: a folder of jpg/png (resized) or a .npy. Default: generated images.")
 @click.option("--verify-batches", default="1,7,64", show_default=True, help="Batch sizes to verify at.")
@@ -78,11 +85,14 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
               help="TensorRT timing-cache file, read and updated. Default: timing.cache next to the engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def export_cmd(**options: Any) -> None:
-    """Export a subnetwork (a run's winner/, or any spec.json + weights folder) to verified ONNX, and optionally
-    a TensorRT engine. PATH may also be an exported .onnx, to build its engine with --trt.
+    """Export a model folder to verified ONNX, and optionally a TensorRT engine: a subnetwork (a run's winner/, or
+    any spec.json + weights folder), or, with reidserve, a re-ID model folder or `reidserve train` run folder
+    (exported whole: backbone, GeM, BN neck, L2). The input size, mean/std and colour come from the folder's
+    preprocess.json. PATH may also be an exported .onnx, to build its engine with --trt.
 
     \b
-    pruneopt export runs/x/winner --onnx --input 3x256x128 --out winner.onnx
+    pruneopt export runs/x/winner --onnx --out winner.onnx
+    pruneopt export runs/t1 --out t1.onnx                # a reidserve train run
     pruneopt export --arch resnet50 --features-only --last-stride 1 --normalize --input 3x256x128 --out r50.onnx
     pruneopt export winner.onnx --trt --fp16 --trt-max-batch 128
     """
@@ -125,6 +135,7 @@ class ExportOptions:
     out: Path | None
     engine: Path | None
     input_: str | None
+    override_preprocess: bool
     opset: int
     exporter: str
     slim: bool
@@ -148,29 +159,44 @@ def _export_onnx(o: ExportOptions, result: dict[str, Any]) -> tuple[Path, Any]:
     """Export (and verify) the model the options name; its facts go into ``result``. Returns the path and the
     metadata written."""
     given = parse_shape(o.input_) if o.input_ else None
-    model = load_model(o.path, o.arch, in_chans=given[0] if given and o.arch else None, num_classes=o.num_classes,
-                       last_stride=o.last_stride, features_only=o.features_only)
-    spec = model.spec
-    shape = given or (spec.in_chans, *get_arch(spec.arch).default_input[1:])
-    onnx_path = o.out or (Path(o.path) / "model.onnx" if o.path is not None and Path(o.path).is_dir()
-                          else Path(f"{o.arch or spec.arch}.onnx"))
     m, s = _floats(o.mean, "--mean"), _floats(o.std, "--std")
     if (m is None) != (s is None):
         raise PruneoptError("give both --mean and --std, or neither")
-    if m is None or s is None:
-        m, s = default_mean_std(shape[0])
-    real = load_calibration(o.calib, shape, m, s) if o.calib is not None else None
-    res = export_onnx(model, onnx_path, shape, opset=o.opset, exporter=o.exporter, slim=o.slim, normalize=o.normalize,
-                      mean=m, std=s, verify=not o.no_verify, batches=parse_int_list(o.verify_batches),
-                      tolerance=o.tolerance, calib=real, max_batch=o.max_batch)
+    if o.arch is not None or o.path is None:
+        model = load_model(o.path, o.arch, in_chans=given[0] if given and o.arch else None,
+                           num_classes=o.num_classes, last_stride=o.last_stride, features_only=o.features_only)
+        shape = given or (int(model.spec.in_chans), *get_arch(str(model.spec.arch)).default_input[1:])
+        mean, std = (m, s) if m is not None and s is not None else default_mean_std(shape[0])
+        choice = InputChoice(shape, mean, std, normalize=o.normalize)
+        fmt = None
+    else:
+        if any(v is not None for v in (o.num_classes, o.last_stride)) or o.features_only:
+            raise PruneoptError("--num-classes, --last-stride and --features-only come from the spec file; do not "
+                                "pass them with a model folder")
+        loaded = load_model_folder(o.path)
+        model, fmt = loaded.model, loaded.format
+        choice = choose_input(loaded, given, m, s, normalize=o.normalize, override=o.override_preprocess)
+        for line in choice.notes:
+            click.echo(f"pruneopt export: {line}", err=True)
+    spec, shape = model.spec, choice.shape
+    onnx_path = o.out or (Path(o.path) / "model.onnx" if o.path is not None and Path(o.path).is_dir()
+                          else Path(f"{o.arch or spec.arch}.onnx"))
+    real = load_calibration(o.calib, shape, choice.mean, choice.std) if o.calib is not None else None
+    res = export_onnx(model, onnx_path, shape, opset=o.opset, exporter=o.exporter, slim=o.slim,
+                      normalize=choice.normalize, mean=choice.mean, std=choice.std, verify=not o.no_verify,
+                      batches=parse_int_list(o.verify_batches), tolerance=o.tolerance, calib=real,
+                      max_batch=o.max_batch, pixel_scale=choice.pixel_scale,
+                      extra={"model_format": fmt} if fmt else None)
     meta = res.metadata
     result.update(onnx=str(res.path), exporter=res.exporter, fallback_reason=res.fallback_reason,
-                  seconds=round(res.seconds, 2), verification=res.verification.to_dict() if res.verification else None)
+                  seconds=round(res.seconds, 2), verification=res.verification.to_dict() if res.verification else None,
+                  model_format=fmt, preprocess_source=choice.source)
     if not o.as_json:
         click.echo(f"{spec.arch} ({spec.hash()}) -> {res.path}: {res.exporter} exporter"
                    + (f" (fallback: {res.fallback_reason})" if res.fallback_reason else "")
                    + f", opset {meta.opset}, input {'x'.join(map(str, shape))}, output {meta.output_kind}"
-                   f"[{meta.output_dim}]{' L2-normalised' if o.normalize else ''}, {res.seconds:.1f} s"
+                   f"[{meta.output_dim}]{' L2-normalised' if meta.normalized else ''}, {res.seconds:.1f} s"
+                   + (f" ({fmt} model folder, preprocessing {choice.source})" if fmt else "")
                    + (" (random weights: --arch exports the untrained reference network)" if o.arch else ""))
         if res.verification:
             for line in res.verification.lines():

@@ -99,14 +99,17 @@ def run_training(
     resume: bool,
     log: Callable[[str], None],
     backbone_module: nn.Module | None = None,
+    trainer_cls: type[Trainer] = Trainer,
 ) -> TrainResult:
-    """Train (into the run folder ``out``, or in memory when it is None); see :func:`train_reid`."""
+    """Train (into the run folder ``out``, or in memory when it is None); see :func:`train_reid`. ``trainer_cls``
+    runs the epochs (the search's fine-tunes use one with a further pseudo-label fallback, see
+    :mod:`reidserve.train.finetune`)."""
     cfg = cfg.validate()
     dataset = load_dataset(cfg.data)
     dist_info = setup_distributed(cfg)
     try:
         with torch_threads(cfg.threads):
-            trainer = Trainer(cfg, dataset, initial_model(cfg, backbone_module), dist_info, log)
+            trainer = trainer_cls(cfg, dataset, initial_model(cfg, backbone_module), dist_info, log)
             start, records = 0, list[dict[str, Any]]()
             if out is not None:
                 start, records = _resume(out, cfg, trainer, dist_info, resume=resume, log=log)
@@ -134,12 +137,14 @@ def train_reid(
     *,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    trainer_cls: type[Trainer] = Trainer,
 ) -> TrainResult:
     """Train into the run folder ``out`` (see :mod:`reidserve.train`), resuming from its checkpoint if present.
 
     A checkpoint with a different configuration (other than
     :data:`~reidserve.train.config.RUNTIME_FIELDS`) is refused with a :class:`TrainError`; ``resume=True``
     additionally requires a checkpoint to exist. ``log`` receives one line per epoch (rank 0 only); default:
-    print to stdout.
+    print to stdout. ``trainer_cls``: see :func:`run_training`.
     """
-    return run_training(cfg, Path(out), resume=resume, log=log or (lambda s: print(s, flush=True)))
+    return run_training(cfg, Path(out), resume=resume, log=log or (lambda s: print(s, flush=True)),
+                        trainer_cls=trainer_cls)

@@ -44,7 +44,7 @@ def test_export_arch_reference_human_output(capsys: pytest.CaptureFixture[str], 
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["export", "/no/such/winner", "--onnx"], "not a subnetwork folder"),
+    (["export", "/no/such/winner", "--onnx"], "is not a model folder; give a subnetwork folder (spec.json + "),
     (["export", "--arch", "resnet20", "--fp16"], "--fp16 applies to TensorRT engines"),
     (["export", "--arch", "nope"], "unknown architecture"),
     (["export"], "exactly one"),

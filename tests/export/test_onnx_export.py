@@ -323,7 +323,7 @@ def test_bad_export_requests(tmp_path: Path) -> None:
         export_onnx(classifier, tmp_path / "a.bin", CIFAR, exporter="legacy", verify=False)
     with pytest.raises(ExportError, match="exactly one"):
         eonnx.load_model()
-    with pytest.raises(ExportError, match="not a subnetwork folder"):
+    with pytest.raises(ExportError, match=r"is not a model folder; give a subnetwork folder \(spec\.json \+ "):
         eonnx.load_model(tmp_path / "nowhere")
 
 

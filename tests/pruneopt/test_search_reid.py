@@ -25,16 +25,21 @@ from pruneopt.thinning import thin
 
 pytest.importorskip("faiss")
 
+from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, read_preprocess  # noqa: E402
 from reidserve.cluster import ClusterConfig  # noqa: E402
+from reidserve.data import load_dataset  # noqa: E402
 from reidserve.data.synth import SynthConfig, generate  # noqa: E402
 from reidserve.model import load_reid_model  # noqa: E402
 from reidserve.search_task import ReidSettings  # noqa: E402
 from reidserve.train import finetune_and_score  # noqa: E402
+from reidserve.train.images import DecodedImages  # noqa: E402
+from reidserve.train.recalibrate import recalibrate_bn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = SynthConfig(ids=16, cams=3, seed=1, imgs_per_id=(3, 4), size=(64, 32), distractors=4)
 CLUSTER = ClusterConfig(k1=6, k2=2, eps=0.4, outliers="singleton")
 FT = {"batch": (4, 2), "cluster": CLUSTER, "threads": 1}  # what CLI_TINY asks of every fine-tune
+BN_BATCHES = 4  # the default --bn-batches: each candidate's batch norm is recalibrated on 4 batches of P x K images
 CLI_TINY = ["--samples", "4", "--refined-samples", "4", "--band", "0.05", "--finetune-steps", "2",
             "--reid-batch", "4x2", "--k1", "6", "--k2", "2", "--cluster-eps", "0.4", "--outliers", "singleton",
             "--final-steps", "4", "--final-rounds", "2", "--workers", "1", "--threads", "1", "--no-progress"]
@@ -70,6 +75,12 @@ def run(tiny: Path, parent: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
+def recalibrated(model: torch.nn.Module, data: Path, size: tuple[int, int], seed: int) -> torch.nn.Module:
+    """What a candidate gets after thinning: its batch norm recalibrated on P x K training images of ``data``."""
+    images = DecodedImages(load_dataset(data).train, size, cache=True)
+    return recalibrate_bn(model, images, BN_BATCHES, 4 * 2, derive_seed(seed, "bn"))
+
+
 def summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
@@ -89,13 +100,21 @@ def test_summary_has_map_finals_and_a_loadable_winner_in_the_regime(run: Path) -
     assert s["winner"]["error"] == min(r["error"] for r in candidates(run))
     parent = load_subnet(run / "parent")  # stored as the re-ID backbone: RGB, features only, last stride 1
     assert parent.spec.in_chans == 3 and parent.spec.features_only and parent.spec.last_stride == 1
-    winner = load_subnet(run / "winner")
+    winner = load_reid_model(run / "winner")  # the whole fine-tuned winner: backbone, GeM, BNNeck, L2
     assert winner.spec.to_dict() == s["finals"]["winner"]["spec"]
     frac = count(winner.spec, (64, 32)).macs / count(parent.spec, (64, 32)).macs
     assert frac == pytest.approx(s["finals"]["winner"]["flops_fraction"]) and abs(frac - 0.5) <= 0.05 + 1e-9
     reid_model = load_reid_model(run / "final" / "winner" / "run" / "model")  # the fine-tuned winner with its head
+    assert winner.state_dict().keys() == reid_model.state_dict().keys()
     for k, v in winner.state_dict().items():
-        assert torch.equal(v, reid_model.backbone.state_dict()[k]), k
+        assert torch.equal(v, reid_model.state_dict()[k]), k
+    # each folder records what it is: the parent a backbone (exported alone: an unnormalised embedding), the
+    # winner a whole re-ID model (an L2-normalised embedding), both on ImageNet-normalised RGB at --size
+    backbone = Preprocess((3, 64, 32), IMAGENET_MEAN, IMAGENET_STD, output="embedding")
+    assert read_preprocess(run / "parent") == backbone
+    assert read_preprocess(run / "final" / "winner" / "init") == backbone
+    assert read_preprocess(run / "winner") == Preprocess((3, 64, 32), IMAGENET_MEAN, IMAGENET_STD,
+                                                         output="embedding", normalized=True)
     report = (run / "report.md").read_text()
     assert "test mAP" in report and "accuracy" not in report and "top-1" not in report
     assert s["selection"]["same_query_gallery"] and "optimistically biased" in report
@@ -115,7 +134,8 @@ def test_candidate_errors_are_one_minus_the_recomputed_map(run: Path, tiny: Path
         settings = ReidSettings(parent_dir=str(run / "parent"), data=str(tiny), steps=2, size=(64, 32), batch=(4, 2),
                                 k1=6, k2=2, cluster_eps=0.4, outliers="singleton")
         assert get_task("reid").make_evaluator(settings.to_dict()).evaluate(spec, row["seed"]).error == row["error"]
-        m_ap = finetune_and_score(thin(load_subnet(run / "parent"), spec), tiny, 2, row["seed"], size=(64, 32), **FT)
+        model = recalibrated(thin(load_subnet(run / "parent"), spec), tiny, (64, 32), row["seed"])
+        m_ap = finetune_and_score(model, tiny, 2, row["seed"], size=(64, 32), **FT)
     finally:
         torch.set_num_threads(before)
     assert row["error"] == 1.0 - m_ap
@@ -167,8 +187,9 @@ def test_val_data_scores_the_candidates_and_the_finals_use_data(tiny: Path, pare
     row = candidates(out)[0]
     torch.set_num_threads(1)
     try:
-        m_ap = finetune_and_score(thin(load_subnet(out / "parent"), ModelSpec.from_json(row["spec"])), val, 2,
-                                  row["seed"], size=(32, 16), **FT)
+        model = recalibrated(thin(load_subnet(out / "parent"), ModelSpec.from_json(row["spec"])), val, (32, 16),
+                             row["seed"])
+        m_ap = finetune_and_score(model, val, 2, row["seed"], size=(32, 16), **FT)
     finally:
         torch.set_num_threads(before)
     assert row["error"] == 1.0 - m_ap
@@ -237,3 +258,94 @@ def test_importing_pruneopt_does_not_import_reidserve() -> None:
             "bad = [m for m in ('reidserve', 'faiss', 'reidserve.search_task') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+# -- the joints of a re-ID search (issue 15) -------------------------------------------------------------------------
+def test_the_winner_folder_is_what_every_consumer_takes(run: Path, tiny: Path, tmp_path: Path) -> None:
+    """winner/ is the scored model: `reidserve eval --model` gives the final's test mAP, `pruneopt export` exports
+    it whole, `reidserve train --backbone` and a later search's --parent start from its backbone."""
+    from reidserve.cli import main as reidserve_main
+    from reidserve.search_task import _load_parent
+
+    s = summary(run)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = CliRunner().invoke(reidserve_main, ["eval", "--model", str(run / "winner"), "--data", str(tiny),
+                                                "--json", "--threads", "1"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["mAP"] == pytest.approx(s["finals"]["winner"]["test_map"], abs=1e-6)
+        r = CliRunner().invoke(cli, ["export", str(run / "winner"), "--out", str(tmp_path / "w.onnx"),
+                                     "--exporter", "legacy", "--verify-batches", "1,3", "--json"])
+        assert r.exit_code == 0, r.output
+        meta = json.loads(r.stdout.strip().splitlines()[-1])["metadata"]
+        winner = load_reid_model(run / "winner")
+        assert json.loads(meta["pruneopt.input_shape"]) == [3, 64, 32] and meta["pruneopt.normalized"] == "true"
+        assert json.loads(meta["pruneopt.output_dim"]) == winner.embed_dim  # the BNNeck's width, not a pooled map
+        r = CliRunner().invoke(reidserve_main, ["train", "--data", str(tiny), "--backbone", str(run / "winner"),
+                                                "--out", str(tmp_path / "t"), "--size", "64x32", "--epochs", "1",
+                                                "--iters", "1", "--batch", "4x2", "--k1", "6", "--k2", "2",
+                                                "--eps", "0.4", "--outliers", "singleton", "--threads", "1"])
+        assert r.exit_code == 0, r.output
+    finally:
+        torch.set_num_threads(before)
+    assert get_task("reid").from_command_line({"data": str(tiny), "parent": str(run / "winner")})["arch"] == "resnet20"
+    for parent in (_load_parent(str(run / "winner"), "resnet20"), load_reid_model(tmp_path / "t").backbone):
+        assert parent.spec == winner.spec
+    for k, v in _load_parent(str(run / "winner"), "resnet20").state_dict().items():
+        assert torch.equal(v, winner.backbone.state_dict()[k]), k
+
+
+def test_a_training_run_folder_is_a_parent(tiny: Path, parent: Path, tmp_path: Path) -> None:
+    """--parent takes what `reidserve eval --model` takes: a `reidserve train` run folder too."""
+    from reidserve.search_task import _load_parent
+    from reidserve.train import finetune_config, train_reid
+
+    cfg = finetune_config(tiny, 1, 0, size=(64, 32), batch=(4, 2), cluster=CLUSTER, threads=1, backbone=parent)
+    train_reid(cfg, tmp_path / "t1", log=lambda line: None)
+    values = get_task("reid").from_command_line({"data": str(tiny), "parent": str(tmp_path / "t1")})
+    assert values["arch"] == "resnet20"
+    backbone = _load_parent(str(tmp_path / "t1"), "resnet20")
+    trained = load_reid_model(tmp_path / "t1")
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, trained.backbone.state_dict()[k]), k
+
+
+def test_search_finetunes_fall_back_to_every_image_as_an_identity(tiny: Path, parent: Path, tmp_path: Path) -> None:
+    """DBSCAN with the default settings finds 2 big clusters and no outliers on the tiny data: `reidserve train`
+    stops (its fallback, outliers as singletons, adds none), the search's fine-tunes train on every image as its
+    own identity; a batch larger than the data fails naming the search's option."""
+    from reidserve.train import TrainError, finetune_config, train_reid
+    from reidserve.train.finetune import SearchTrainer
+
+    cfg = finetune_config(tiny, 2, 0, size=(64, 32), batch=(4, 2), cluster=ClusterConfig(), threads=1,
+                          backbone=parent)
+    with pytest.raises(TrainError, match="fewer than P=4"):
+        train_reid(cfg, tmp_path / "train", log=lambda line: None)
+    lines: list[str] = []
+    res = train_reid(cfg, tmp_path / "search", log=lines.append, trainer_cls=SearchTrainer)
+    assert res.records[0]["fallback"] == "all_singletons" and 0.0 < res.records[-1]["val"]["mAP"] <= 1.0
+    assert any("its own identity" in line for line in lines)
+    log = [json.loads(line) for line in (tmp_path / "search" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["fallback"] == "all_singletons"
+    m_ap = finetune_and_score(load_subnet(parent), tiny, 2, 0, size=(64, 32), batch=(4, 2), cluster=ClusterConfig(),
+                              threads=1)
+    assert 0.0 < m_ap <= 1.0
+    with pytest.raises(TrainError, match="--reid-batch") as info:
+        finetune_and_score(load_subnet(parent), tiny, 1, 0, size=(64, 32), batch=(80, 1), cluster=CLUSTER, threads=1)
+    assert "--batch" not in str(info.value) and "--eps" not in str(info.value)
+
+
+def test_bn_batches_zero_skips_the_recalibration(run: Path, tiny: Path) -> None:
+    row = candidates(run)[0]
+    spec = ModelSpec.from_json(row["spec"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        kw = dict(parent_dir=str(run / "parent"), data=str(tiny), steps=2, size=(64, 32), batch=(4, 2), k1=6, k2=2,
+                  cluster_eps=0.4, outliers="singleton")
+        plain = get_task("reid").make_evaluator(ReidSettings(**kw, bn_batches=0).to_dict()).evaluate(spec, row["seed"])
+        m_ap = finetune_and_score(thin(load_subnet(run / "parent"), spec), tiny, 2, row["seed"], size=(64, 32), **FT)
+    finally:
+        torch.set_num_threads(before)
+    assert plain.error == 1.0 - m_ap

@@ -12,13 +12,16 @@ import torch.nn.functional as F
 
 from pruneopt.checkpoint import save_subnet
 from pruneopt.models import build, default_spec
+from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, read_preprocess
 from reidserve.model import (
+    FOLDER_FORMAT,
     GeM,
     HeadConfig,
     ModelError,
     ReidModel,
     backbone_from_module,
     backbone_from_subnet,
+    backbone_spec,
     build_reid_model,
     load_reid_model,
     reid_spec,
@@ -80,9 +83,12 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         model.pool.p.fill_(2.5)
         model.neck.running_mean.uniform_(-0.1, 0.1)
     folder = save_reid_model(model, tmp_path / "m")
-    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "reid.json", "spec.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "preprocess.json", "reid.json",
+                                                        "spec.json"]
     meta = json.loads((folder / "reid.json").read_text())
     assert meta["embed_dim"] == 64 and meta["input_size"] == [64, 32] and meta["pooling"]["type"] == "gem"
+    pre = read_preprocess(folder)  # what export and serving read: RGB 3x64x32, ImageNet statistics, L2 embedding
+    assert pre == Preprocess((3, 64, 32), IMAGENET_MEAN, IMAGENET_STD, output="embedding", normalized=True)
     loaded = load_reid_model(folder)
     assert not loaded.training
     x = torch.randn(3, 3, 64, 32)
@@ -173,7 +179,8 @@ def test_backbone_and_model_folders_share_the_subnetwork_reader(tmp_path: Path) 
     with pytest.raises(ModelError, match="weights.safetensors does not fit"):
         backbone_from_subnet(tmp_path / "narrow")
     folder = save_reid_model(build_reid_model("resnet20", seed=0), tmp_path / "m")
-    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "reid.json", "spec.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "preprocess.json", "reid.json",
+                                                        "spec.json"]
     (folder / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="cannot read weights"):
         load_reid_model(folder)
@@ -184,3 +191,88 @@ def test_normalisation_matches_functional() -> None:
     x = torch.randn(2, 3, 64, 32)
     feat = model.neck(model.pool(model.backbone(x)))
     torch.testing.assert_close(model(x), F.normalize(feat, dim=1))
+
+
+# -- the re-ID model folder as a pruneopt model format (issue 15) ----------------------------------------------------
+def _trained_like(seed: int = 3) -> ReidModel:
+    """A re-ID model at 64x32 with a non-trivial head (GeM p, neck statistics), as training leaves it."""
+    model = build_reid_model("resnet20", HeadConfig(input_size=(64, 32)), seed=seed)
+    with torch.no_grad():
+        model.pool.p.fill_(2.2)
+        model.neck.running_mean.uniform_(-0.1, 0.1)
+        model.neck.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_a_reid_model_exports_whole(tmp_path: Path) -> None:
+    """export_onnx(load_reid_model(run)) -- an IndexError before -- gives backbone + GeM + BNNeck + L2."""
+    from export.onnx import export_onnx
+    from export.runners import make_runner
+
+    model = _trained_like()
+    save_reid_model(model, tmp_path / "run" / "model")
+    loaded = load_reid_model(tmp_path / "run")
+    res = export_onnx(loaded, tmp_path / "m.onnx", (3, 64, 32), exporter="legacy", batches=(1, 3))
+    assert res.verification is not None and res.verification.passed
+    meta = res.metadata
+    assert meta.output_kind == "embedding" and meta.normalized and meta.output_dim == model.embed_dim
+    x = torch.randn(4, 3, 64, 32)
+    got = make_runner("ort-cpu", tmp_path / "m.onnx", threads=1).run(x.numpy())
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert float(abs(got - want).max()) <= 1e-5
+
+
+def test_the_folder_format_reads_model_and_run_folders(tmp_path: Path) -> None:
+    from pruneopt.model_formats import find_format, load_model_folder
+
+    model = _trained_like()
+    run = tmp_path / "run"
+    folder = save_reid_model(model, run / "model")
+    winner = save_subnet(build(default_spec("resnet20", num_classes=10)), tmp_path / "winner")
+    assert FOLDER_FORMAT.recognises(folder) and FOLDER_FORMAT.recognises(run)
+    assert not FOLDER_FORMAT.recognises(winner) and find_format(winner).name == "subnetwork"
+    loaded = load_model_folder(run)
+    assert loaded.format == "reid" and loaded.folder == folder and isinstance(loaded.model, ReidModel)
+    assert loaded.preprocess == Preprocess((3, 64, 32), IMAGENET_MEAN, IMAGENET_STD, output="embedding",
+                                           normalized=True)
+    (folder / "preprocess.json").unlink()  # a folder written before the record: reid.json implies it
+    assert load_model_folder(folder).preprocess == loaded.preprocess
+
+
+def test_backbone_folders_may_be_reid_models_or_runs(tmp_path: Path) -> None:
+    model = _trained_like()
+    save_reid_model(model, tmp_path / "run" / "model")
+    for path in (tmp_path / "run", tmp_path / "run" / "model"):
+        backbone = backbone_from_subnet(path)
+        assert backbone.spec == model.spec
+        for k, v in backbone.state_dict().items():
+            assert torch.equal(v, model.backbone.state_dict()[k]), k
+    assert backbone_spec(tmp_path / "run") == model.spec
+
+
+def test_saving_as_the_model_writes_a_reid_folder_whose_record_fits(tmp_path: Path) -> None:
+    """save_subnet (what the search calls for its winner) hands a ReidModel to save_reid_model."""
+    model = _trained_like()
+    task_record = Preprocess.for_channels((3, 64, 32), IMAGENET_MEAN, IMAGENET_STD, output="embedding")
+    folder = save_subnet(model, tmp_path / "winner", task_record)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "preprocess.json", "reid.json",
+                                                        "spec.json"]
+    assert read_preprocess(folder) == dataclasses.replace(task_record, normalized=True)
+    with pytest.raises(ModelError, match="does not fit the model's head: input_shape"):
+        save_subnet(model, tmp_path / "other", dataclasses.replace(task_record, input_shape=(3, 128, 64)))
+
+
+def test_pruneopt_export_and_bench_take_reid_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from export.bench import describe_model
+    from export.metadata import read_metadata
+    from pruneopt.cli import main
+
+    save_reid_model(_trained_like(), tmp_path / "t1" / "model")
+    with pytest.raises(SystemExit) as info:
+        main(["export", str(tmp_path / "t1" / "model"), "--exporter", "legacy", "--verify-batches", "1"])
+    assert info.value.code == 0, capsys.readouterr().err
+    meta = read_metadata(tmp_path / "t1" / "model" / "model.onnx")
+    assert meta.input_shape == (3, 64, 32) and meta.normalized and meta.extra["model_format"] == "reid"
+    bm = describe_model(tmp_path / "t1")
+    assert bm.input_shape == (3, 64, 32) and bm.normalize and bm.folder == tmp_path / "t1" / "model"
