@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end (what `make demo` runs after set-up):
 #   1. pruneopt search   a quick pruning-space search of resnet20 on Fashion-MNIST at half its FLOPs -> winner
-#   2. pruneopt export   the winner to verified ONNX (metadata: input size, mean/std)
+#   2. pruneopt export   the winner to verified ONNX (metadata: input size, mean/std, from winner/preprocess.json)
 #   3. reidserve serve   the ONNX winner behind the retrieval service (loopback, a free port, gallery in RUN/gallery)
 #   4. reidserve demo-gallery + query search   fill the gallery with Fashion-MNIST test images, ask who held-out
 #                        query images are; the answer lists the top-5 gallery items (their class is in the item id)
@@ -14,8 +14,8 @@ WORKERS="${WORKERS:-2}"
 
 "$BIN/pruneopt" search --quick --arch resnet20 --data fashion-mnist --regimes 0.5 --out "$RUN" --workers "$WORKERS"
 
-# Fashion-MNIST statistics: the exported graph takes raw [0, 1] grey images, the server normalises with these
-"$BIN/pruneopt" export "$RUN/winner" --onnx --input 1x28x28 --mean 0.2860 --std 0.3530 --out "$RUN/winner.onnx"
+# the winner folder records its preprocessing (grey 28x28, Fashion-MNIST's mean/std): the export reads it
+"$BIN/pruneopt" export "$RUN/winner" --onnx --out "$RUN/winner.onnx"
 
 PORT="$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 URL="http://127.0.0.1:$PORT"

@@ -43,11 +43,11 @@ REID_QUICK = {  # SearchConfig.quick(task="reid", data="/d", parent="/p", size=(
     "refined_samples": 16, "seed": 0, "r_min": 0.2, "r_max": 1.0, "round_to": None, "eps": None, "top": 0.1,
     "n_boot": 500, "parent": "/p", "finetune_steps": 20, "finetune_lr": 0.00035, "latency": True, "val_data": "/v",
     "size": [64, 32], "reid_batch": [8, 4], "finetune_rounds": 1, "final_steps": 60, "final_rounds": 2, "k1": 6,
-    "k2": 6, "cluster_eps": 0.6, "outliers": "singleton"}
+    "k2": 6, "cluster_eps": 0.6, "outliers": "singleton", "bn_batches": 2}
 REID = {  # SearchConfig(task="reid", data="/d", parent="/p")
     **REID_QUICK, "samples": 64, "refined_samples": 64, "n_boot": 2000, "finetune_steps": 100, "latency": False,
     "val_data": None, "size": [256, 128], "reid_batch": [16, 4], "final_steps": 400, "final_rounds": 4, "k1": 30,
-    "outliers": "drop"}
+    "outliers": "drop", "bn_batches": 4}
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
