@@ -36,15 +36,15 @@ from pruneopt.space import PruningSpace, Regime  # noqa: E402
 from pruneopt.tasks.registry import get_task  # noqa: E402
 from pruneopt.thinning import thin  # noqa: E402
 from pruneopt.train import to_input  # noqa: E402
-from reidserve.cli import main as reidserve_cli  # noqa: E402
+from reidserve.cli import cli as reidserve_cli  # noqa: E402
 from reidserve.data import TestTransform, load_dataset, load_image, resize  # noqa: E402
 from reidserve.data.synth import SynthConfig, generate  # noqa: E402
 from reidserve.metrics import evaluate  # noqa: E402
 from reidserve.model import load_reid_model  # noqa: E402
 from reidserve.service.preprocess import decode_image, to_batch  # noqa: E402
 from reidserve.service.process import ServerProcess  # noqa: E402
-from reidserve.service.testing import png_bytes, random_images  # noqa: E402
 from reidserve.train import extract_features  # noqa: E402
+from tests.support.serving import png_bytes, random_images  # noqa: E402
 
 TOKEN = "chain-parity-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -264,7 +264,7 @@ def test_importing_pruneopt_does_not_import_reidserve() -> None:
 def test_the_winner_folder_is_what_every_consumer_takes(run: Path, tiny: Path, tmp_path: Path) -> None:
     """winner/ is the scored model: `reidserve eval --model` gives the final's test mAP, `pruneopt export` exports
     it whole, `reidserve train --backbone` and a later search's --parent start from its backbone."""
-    from reidserve.cli import main as reidserve_main
+    from reidserve.cli import cli as reidserve_main
     from reidserve.search_task import _load_parent
 
     s = summary(run)
