@@ -24,6 +24,8 @@ __all__ = [
     "EmbedRequest",
     "EmbedResponse",
     "EmbedUpload",
+    "ExistsRequest",
+    "ExistsResponse",
     "GalleryAddRequest",
     "GalleryAddResponse",
     "GalleryItemIn",
@@ -31,6 +33,7 @@ __all__ = [
     "GalleryUpload",
     "HealthResponse",
     "HitOut",
+    "LimitsResponse",
     "ReadyResponse",
     "SearchFilterIn",
     "SearchRequest",
@@ -205,6 +208,28 @@ class SearchResponse(BaseModel):
     k: int
     gallery_size: int
     took_ms: float
+
+
+class LimitsResponse(BaseModel):
+    """What this server accepts in one request (its ``--max-*`` options); clients split their work to fit."""
+
+    max_k: int = Field(description="results per search (--max-k)")
+    max_images: int = Field(description="images per request, over all its items (--max-images)")
+    max_items: int = Field(description="gallery items per POST /v1/gallery, ids per POST /v1/gallery/exists "
+                                       "(--max-items)")
+    max_body_bytes: int = Field(description="largest request body in bytes (--max-body-mb)")
+    max_pixels: int = Field(description="width x height of one image (--max-pixels)")
+    max_batch: int = Field(description="images per model run (--max-batch, or less where the model is limited); a "
+                                       "bulk upload of this many images per request keeps the model busy")
+
+
+class ExistsRequest(_Strict):
+    ids: list[ItemId] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
+
+
+class ExistsResponse(BaseModel):
+    present: list[str] = Field(description="the asked-for ids that are in the gallery, in request order")
+    missing: list[str] = Field(description="the others, in request order")
 
 
 class HealthResponse(BaseModel):
