@@ -3,7 +3,8 @@
 JSON requests carry images as base64 strings; the same endpoints take ``multipart/form-data`` uploads, described
 by the ``*Upload`` models (files in ``images`` / ``image``, other fields as form fields, ``metadata`` and
 ``filter`` as JSON text; fields they do not name are refused). Static bounds here are hard ceilings; the server's
-configured limits (``--max-images``, ``--max-k``, ...) are checked on top and reported in ``GET /v1/stats``.
+configured limits (``--max-images``, ``--max-k``, ...) are checked on top and reported in ``GET /v1/limits``
+(and ``/v1/stats``).
 
 JSON bodies are validated strictly: a number is not accepted as a string nor the reverse, ``true`` is not ``1``,
 ``"5"`` is not ``5``. The rule "exactly one of image / images / embedding" is in the JSON Schema too (``oneOf``).
