@@ -160,6 +160,18 @@ def import_items(client: ReidClient, items: Sequence[ImportItem], *, batch: int 
     t0 = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="reidserve-import")
     pending: set[Future[tuple[int, int | None]]] = set()
+    done: set[Future[tuple[int, int | None]]] = set()
+    counted: set[Future[tuple[int, int | None]]] = set()
+
+    def count(future: Future[tuple[int, int | None]]) -> None:
+        nonlocal sent, gallery_size
+        n, reported = future.result()
+        counted.add(future)
+        sent += n
+        gallery_size = reported if reported is not None else gallery_size
+        if on_progress is not None:
+            on_progress(n)
+
     chunks = _chunks(todo, size)
     try:
         while True:
@@ -171,20 +183,18 @@ def import_items(client: ReidClient, items: Sequence[ImportItem], *, batch: int 
             if not pending:
                 break
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                n, reported = future.result()
-                sent += n
-                gallery_size = reported if reported is not None else gallery_size
-                if on_progress is not None:
-                    on_progress(n)
+            for future in sorted(done, key=lambda f: f.exception() is not None):  # successes first
+                count(future)
     except BaseException as exc:
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True)
-        acked = sent + sum(f.result()[0] for f in pending if f.done() and not f.cancelled() and f.exception() is None)
         sender.close()
+        for future in pending | done:  # what was acknowledged meanwhile
+            if future not in counted and future.done() and not future.cancelled() and future.exception() is None:
+                count(future)
         if isinstance(exc, GalleryImportError):
-            raise GalleryImportError(f"{exc}; {acked} items were stored before it: fix or remove the file and run "
+            raise GalleryImportError(f"{exc}; {sent} items were stored before it: fix or remove the file and run "
                                      "the same command again to send the rest") from None
         raise
     pool.shutdown(wait=True)

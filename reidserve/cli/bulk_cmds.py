@@ -88,9 +88,21 @@ def query_import(ctx: click.Context, folder: Path, split: str | None, csv_file: 
         note = f", {skipped} already in the gallery (skipped)" if skipped else ""
         click.echo(f"{source}: {len(items)} images{note}", err=True)
 
+    stored = 0
+
+    def done(n: int) -> None:
+        nonlocal stored
+        stored += n
+        advance(n)
+
     with bulk_client(ctx) as c, _progress(progress, "importing") as (set_total, advance):
-        report = import_items(c, items, batch=batch, workers=workers, skip_existing=not overwrite, on_start=started,
-                              on_progress=advance)
+        try:
+            report = import_items(c, items, batch=batch, workers=workers, skip_existing=not overwrite,
+                                  on_start=started, on_progress=done)
+        except KeyboardInterrupt:
+            click.echo(f"{stored} items were stored before the interruption; run the same command again to send "
+                       "the rest", err=True)
+            raise
     click.echo(f"{report.summary()} [{report.batch} per request, {report.workers} in flight]")
 
 

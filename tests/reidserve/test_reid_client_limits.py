@@ -179,3 +179,21 @@ def test_numpy_images_travel_as_png() -> None:
     with client(server) as c:
         import_items(c, [ImportItem("a", np.zeros((4, 3), np.uint8))])
     assert base64.b64decode(server.gallery["a"]["image"]).startswith(b"\x89PNG")
+
+
+def test_an_interrupted_import_reports_what_was_stored_and_resumes() -> None:
+    server = FakeServer(delay=0.05)
+    calls: list[int] = []
+
+    def progress(n: int) -> None:
+        calls.append(n)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    with client(server) as c:
+        with pytest.raises(KeyboardInterrupt):
+            import_items(c, items(40), batch=4, workers=3, on_progress=progress)
+        stored = len(server.gallery)
+        assert sum(calls) == stored and 4 <= stored < 40  # the requests in flight finished and were counted
+        report = import_items(c, items(40), batch=4)
+    assert (report.skipped, report.sent) == (stored, 40 - stored) and len(server.gallery) == 40
