@@ -204,3 +204,15 @@ def test_import_without_a_server_is_one_line(tmp_path: Path) -> None:
     assert code == 2 and "cannot reach" in err and len(err.strip().splitlines()) == 1
     code, _, err = run("query", "--url", "http://127.0.0.1:9", "import", str(tmp_path / "nothing"))
     assert code == 2 and "does not exist" in err
+
+
+def test_the_bulk_client_side_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, reidserve.cli, reidserve.cli.bulk_cmds, reidserve.gallery_import, reidserve.remote_eval; "
+            "from reidserve.cli import cli; cli.main(['query', '--help'], standalone_mode=False); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert "import datasets/market1501" in out.stdout and "eval datasets/market1501" in out.stdout  # query --help
