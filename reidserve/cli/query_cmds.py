@@ -1,7 +1,8 @@
-"""``reidserve query ...`` (the command-line client of a running ``reidserve serve``) and ``reidserve
-demo-gallery`` (fill a running server's gallery for a demo). Failures -- a server that cannot be reached or
-refuses a request, a bad token file, demo data that is missing -- are :class:`~reidserve.errors.ReidserveError`
-subclasses: one line and exit status 2 on the command line."""
+"""``reidserve query ...`` (the command-line client of a running ``reidserve serve``; its bulk commands ``import``
+and ``eval`` are in :mod:`.bulk_cmds`) and ``reidserve demo-gallery`` (fill a running server's gallery for a demo,
+through the bulk import). Failures -- a server that cannot be reached or refuses a request, a bad token file, demo
+data that is missing -- are :class:`~reidserve.errors.ReidserveError` subclasses: one line and exit status 2 on the
+command line."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from ..client import ReidClient, read_token_file
 from ..service import demo
 
-__all__ = ["demo_gallery", "query"]
+__all__ = ["BULK_TIMEOUT", "bulk_client", "demo_gallery", "query"]
+
+BULK_TIMEOUT = 300.0  # seconds a bulk request may take unless --timeout says otherwise (a batch queues behind others)
 
 
 def _token(token: str | None, token_file: Path | None) -> str | None:
@@ -24,6 +28,13 @@ def _token(token: str | None, token_file: Path | None) -> str | None:
 def _client(ctx: click.Context) -> ReidClient:
     o = ctx.obj
     return ReidClient(o["url"], _token(o["token"], o["token_file"]), timeout=o["timeout"])
+
+
+def bulk_client(ctx: click.Context) -> ReidClient:
+    """The client of a bulk command: its requests carry many images, so the default timeout is longer."""
+    o = ctx.obj
+    timeout = o["timeout"] if o.get("timeout_given") else max(o["timeout"], BULK_TIMEOUT)
+    return ReidClient(o["url"], _token(o["token"], o["token_file"]), timeout=timeout)
 
 
 def _echo_json(data: Any) -> None:
@@ -36,11 +47,21 @@ def _echo_json(data: Any) -> None:
 @click.option("--token", envvar="REIDSERVE_TOKEN", default=None, help="API token (also $REIDSERVE_TOKEN)")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="read the token from this file (e.g. the server's DATA_DIR/token)")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help=f"seconds per request (import and eval: {BULK_TIMEOUT:g} unless given)")
 @click.pass_context
 def query(ctx: click.Context, url: str, token: str | None, token_file: Path | None, timeout: float) -> None:
-    """Talk to a running `reidserve serve`: search, add, get, delete, embed, stats."""
-    ctx.obj = {"url": url, "token": token, "token_file": token_file, "timeout": timeout}
+    """Talk to a running `reidserve serve`: search, add, get, delete, embed, stats; import fills the gallery
+    from a folder of images or a Market-1501 dataset (many images per request, resumable), eval measures mAP and
+    rank-1 through the service.
+
+    \b
+    reidserve query --token-file DATA_DIR/token import datasets/market1501   # its bounding_box_test/
+    reidserve query eval datasets/market1501                                  # its query/ against the gallery
+    reidserve query search -k 5 person.jpg
+    """
+    given = ctx.get_parameter_source("timeout") is not ParameterSource.DEFAULT
+    ctx.obj = {"url": url, "token": token, "token_file": token_file, "timeout": timeout, "timeout_given": given}
 
 
 @query.command("search")
@@ -147,7 +168,8 @@ def query_stats(ctx: click.Context) -> None:
 @click.option("--fmnist-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="folder of the IDX files  [default: $PRUNEOPT_DATA, Debian's, the pruneopt cache]")
 @click.option("--images", "image_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="fill from a folder of images instead (Market-1501 names give camera and person id)")
+              help="fill from a folder of images instead (Market-1501 names give camera and person id); "
+                   "`reidserve query import` does this with more options")
 @click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True, help="gallery items to add")
 @click.option("--queries-out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Fashion-MNIST: write held-out query images (PNG, label in the name) here")
@@ -155,7 +177,8 @@ def query_stats(ctx: click.Context) -> None:
 @click.option("--batch", type=click.IntRange(1, 1024), default=64, show_default=True, help="items per request")
 def demo_gallery(url: str, token: str | None, token_file: Path | None, fmnist: bool, fmnist_dir: Path | None,
                  image_dir: Path | None, count: int, queries_out: Path | None, queries: int, batch: int) -> None:
-    """Fill a running server's gallery with Fashion-MNIST test images or a folder of images."""
+    """Fill a running server's gallery with Fashion-MNIST test images or a folder of images (through the bulk
+    import of `reidserve query import`: items already there are skipped)."""
     if fmnist == (image_dir is not None):
         raise click.UsageError("give one of --fashion-mnist or --images DIR")
     written: list[Path] = []
@@ -163,7 +186,7 @@ def demo_gallery(url: str, token: str | None, token_file: Path | None, fmnist: b
     def log(message: str) -> None:
         click.echo(message, err=True)
 
-    with ReidClient(url, _token(token, token_file), timeout=120) as c:
+    with ReidClient(url, _token(token, token_file), timeout=BULK_TIMEOUT) as c:
         if fmnist:
             n, written = demo.fill_fashion_mnist(c, count=count, batch=batch, data_dir=fmnist_dir,
                                                  queries_out=queries_out, queries=queries, log=log)

@@ -5,10 +5,12 @@ endpoint                   auth     what it does
 =========================  =======  ===================================================================
 ``POST /v1/embed``         all      images (base64 JSON or multipart) -> L2-normalised embeddings
 ``POST /v1/gallery``       write    upsert items by id (image, images or an embedding, plus metadata)
+``POST /v1/gallery/exists`` all     which of these ids are in the gallery (a resumed bulk import skips them)
 ``GET /v1/gallery/{id}``   all      an item's metadata (and embedding with ``?include_embedding=true``)
 ``DELETE /v1/gallery/{id}`` write   remove an item
 ``POST /v1/search``        all      an image or embedding, ``k``, filters -> ids, scores, metadata
 ``GET /v1/stats``          all      model, batching, gallery and index facts; ``torch_loaded``
+``GET /v1/limits``         all      what one request may carry (k, images, items, body size), images per model run
 ``GET /metrics``           all      Prometheus metrics
 ``GET /healthz``           -        the process answers
 ``GET /readyz``            -        the model runner and the gallery are up (503 otherwise)

@@ -7,6 +7,9 @@
   ``~/.cache/pruneopt/fashion-mnist``, each also with ``fashion-mnist/`` and ``FashionMNIST/raw/``).
 * :func:`fill_folder`: every image of a folder as an item named after the file; Market-1501 style names
   (``0001_c2s1_000151_00.jpg``) also give the camera (``c2``) and person id (``pid`` metadata).
+
+Both send through the bulk import (:mod:`reidserve.gallery_import`: several items per request, several requests in
+flight, items already in the gallery skipped), as ``reidserve query import`` does.
 """
 
 from __future__ import annotations
@@ -14,19 +17,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pruneopt.data import fashion_mnist
 from pruneopt.data.fashion_mnist import CLASSES
 
+from ..client import ReidClient
 from ..errors import ReidserveError
+from ..gallery_import import import_items
+from ..import_sources import ImportItem, ImportSourceError, list_items
 
 __all__ = ["CLASSES", "DemoDataError", "fill_fashion_mnist", "fill_folder", "read_fashion_mnist_test"]
 
-_IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-_MARKET = re.compile(r"^(-?\d+)_c(\d+)")
 
 
 class DemoDataError(ReidserveError):
@@ -49,20 +52,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
 
-def fill_fashion_mnist(client: Any, *, count: int = 1000, batch: int = 64, data_dir: Path | None = None,
+def fill_fashion_mnist(client: ReidClient, *, count: int = 1000, batch: int = 64, data_dir: Path | None = None,
                        queries_out: Path | None = None, queries: int = 5,
                        log: Callable[[str], None] = lambda m: None) -> tuple[int, list[Path]]:
-    """Add the first ``count`` test images to the gallery of ``client`` (a :class:`reidserve.client.ReidClient`);
-    write ``queries`` held-out images to ``queries_out``. Returns (items added, query files written)."""
+    """Add the first ``count`` test images to the gallery of ``client`` (a :class:`reidserve.client.ReidClient`)
+    through the bulk import (those already there are skipped); write ``queries`` held-out images to
+    ``queries_out``. Returns (items added, query files written)."""
     x, y = read_fashion_mnist_test(data_dir)
     count = min(count, len(x))
-    added = 0
-    for start in range(0, count, batch):
-        items = [client.item(f"fmnist-{i:05d}", image=x[i], metadata={"label": int(y[i]),
-                                                                      "class": CLASSES[int(y[i])]})
-                 for i in range(start, min(count, start + batch))]
-        added += len(client.add_many(items)["items"])
-        log(f"added {added}/{count}")
+    items = [ImportItem(f"fmnist-{i:05d}", x[i], metadata={"label": int(y[i]), "class": CLASSES[int(y[i])]},
+                        label=f"Fashion-MNIST test image {i}") for i in range(count)]
+    report = import_items(client, items, batch=batch)
+    log(report.summary())
     written: list[Path] = []
     if queries_out is not None and queries:
         from PIL import Image
@@ -72,24 +73,17 @@ def fill_fashion_mnist(client: Any, *, count: int = 1000, batch: int = 64, data_
             p = queries_out / f"q-{i:05d}-{int(y[i])}-{_slug(CLASSES[int(y[i])])}.png"
             Image.fromarray(x[i]).save(p)
             written.append(p)
-    return added, written
+    return report.sent, written
 
 
-def fill_folder(client: Any, folder: Path, *, count: int = 1000, batch: int = 64,
+def fill_folder(client: ReidClient, folder: Path, *, count: int = 1000, batch: int = 64,
                 log: Callable[[str], None] = lambda m: None) -> int:
-    """Add up to ``count`` images of ``folder`` (sorted by name) as items named after their files."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXT)[:count]
-    if not files:
-        raise DemoDataError(f"{folder} holds no .jpg/.png/.bmp/.webp images")
-    added = 0
-    for start in range(0, len(files), batch):
-        items = []
-        for p in files[start:start + batch]:
-            m = _MARKET.match(p.stem)
-            camera = f"c{m.group(2)}" if m else None
-            meta = {"pid": int(m.group(1))} if m else {}
-            items.append(client.item(re.sub(r"[^A-Za-z0-9_.:-]", "_", p.stem)[:128], image=p, camera=camera,
-                                     metadata={**meta, "file": p.name[:1024]}))
-        added += len(client.add_many(items)["items"])
-        log(f"added {added}/{len(files)}")
-    return added
+    """Add up to ``count`` images of ``folder`` (sorted by name; a Market-1501 layout's gallery) as items named
+    after their files, through the bulk import (those already there are skipped)."""
+    try:
+        _, items = list_items(folder)
+    except ImportSourceError as exc:
+        raise DemoDataError(str(exc)) from None
+    report = import_items(client, items[:count], batch=batch)
+    log(report.summary())
+    return report.sent

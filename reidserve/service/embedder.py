@@ -1,8 +1,9 @@
 """The model side of the service: load an exported model and run it on micro-batches of concurrent requests.
 
-:func:`load_model` reads the pruneopt metadata of an ONNX file (or of a TensorRT engine's sidecar) and makes an
-:mod:`export.runners` runner: ONNX Runtime on the CPU by default, ONNX Runtime CUDA when it is available, TensorRT
-for ``.engine`` / ``.plan`` files. No torch is imported on this path.
+:func:`load_model` reads the pruneopt metadata of an ONNX file (or of a TensorRT engine's sidecar) -- or, for an
+ONNX model without any, takes the input facts from the command line and checks them on one batch
+(:mod:`.model_input`) -- and makes an :mod:`export.runners` runner: ONNX Runtime on the CPU by default, ONNX Runtime
+CUDA when it is available, TensorRT for ``.engine`` / ``.plan`` files. No torch is imported on this path.
 
 :class:`Embedder` batches requests: each request puts its preprocessed images on an ``asyncio.Queue``; one
 collector task takes the first waiting request, adds more until ``max_batch`` images or ``max_wait_ms`` have
@@ -14,7 +15,6 @@ logits of a classifier such as a ``pruneopt search`` winner), so inner products 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +24,9 @@ import numpy as np
 
 from export.metadata import ExportMetadata
 
-from ..errors import ReidserveError
 from .batching import MicroBatcher
+from .model_input import ModelLoadError, assume_input, check_agrees, described_input, read_model_input
+from .settings import GivenInput
 
 if TYPE_CHECKING:
     from .middleware import ServiceMetrics
@@ -33,10 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["EmbedError", "Embedder", "LoadedModel", "ModelLoadError", "load_model", "pick_runtime"]
 
 RUNTIME_CHOICES = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "trt")
-
-
-class ModelLoadError(ReidserveError):
-    """The model cannot be served (missing, not exported by pruneopt, unsupported input, runtime missing)."""
 
 
 class EmbedError(RuntimeError):
@@ -53,6 +50,7 @@ class LoadedModel:
     runtime: str
     model_id: str
     max_batch: int
+    assumed: bool = False  # the input facts came from the command line (an ONNX model without pruneopt metadata)
 
     def describe(self) -> dict[str, Any]:
         m = self.meta
@@ -64,6 +62,8 @@ class LoadedModel:
         return {"path": str(self.path), "arch": m.arch, "spec_hash": m.spec_hash, "model_id": self.model_id,
                 "input_shape": list(m.input_shape), "color": m.color, "output_kind": m.output_kind,
                 "output_dim": m.output_dim, "normalized_by_model": m.normalized, "runtime": self.runtime,
+                "input_from": "command line" if self.assumed else "pruneopt metadata",
+                "mean": list(m.mean), "std": list(m.std),
                 "providers": list(getattr(self.runner, "providers", [])), "runner": info}
 
 
@@ -84,41 +84,27 @@ def pick_runtime(path: Path, runtime: str = "auto") -> str:
     return "ort-cuda" if runtime_available("ort-cuda")[0] else "ort-cpu"
 
 
-def _read_meta(path: Path) -> tuple[ExportMetadata, str]:
-    from pruneopt.errors import PruneoptError
-
-    try:
-        if path.suffix in (".engine", ".plan"):
-            from export.tensorrt import read_sidecar
-
-            side = read_sidecar(path)
-            meta = ExportMetadata.from_props(side.get("metadata") or {}, f"{path} (sidecar)")
-            return meta, str(side.get("onnx_graph_digest") or side.get("engine_sha256") or "")
-        if path.suffix != ".onnx":
-            raise ModelLoadError(f"--model {path}: give an .onnx file from `pruneopt export --onnx`, or a TensorRT "
-                                 ".engine/.plan from `pruneopt export --trt`")
-        from export.metadata import read_metadata
-
-        meta = read_metadata(path)
-        return meta, meta.graph_digest or hashlib.sha256(path.read_bytes()).hexdigest()
-    except PruneoptError as exc:
-        raise ModelLoadError(str(exc)) from exc
-
-
-def load_model(path: str | Path, runtime: str = "auto", *, threads: int | None = None,
-               max_batch: int = 32) -> LoadedModel:
-    """Read the model's metadata and start a runner for it (see the module docstring)."""
+def load_model(path: str | Path, runtime: str = "auto", *, threads: int | None = None, max_batch: int = 32,
+               given: GivenInput | None = None) -> LoadedModel:
+    """Read the model's metadata and start a runner for it (see the module docstring). ``given``: the input facts
+    from ``--input``/``--mean``/``--std``/``--colour``, needed for an ONNX model without pruneopt metadata (checked
+    on one batch, :func:`.model_input.assume_input`) and refused where they contradict a pruneopt model's."""
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"--model {p} does not exist; export one with `pruneopt export PATH --onnx --out "
                              f"{p.name}`")
-    meta, model_id = _read_meta(p)
-    c = meta.input_shape[0]
-    if (c, meta.color) not in ((3, "RGB"), (1, "L")):
-        raise ModelLoadError(f"{p}: the service feeds RGB (3-channel) or grayscale (1-channel, color L) images; "
-                             f"this model takes {c} channels ({meta.color})")
-    if meta.layout != "NCHW":
-        raise ModelLoadError(f"{p}: input layout {meta.layout} is not supported (export gives NCHW)")
+    meta, model_id = read_model_input(p)
+    if meta is None:
+        described_input(given, p)  # the flags are there and fit together, before a runner starts
+    else:
+        if given is not None:
+            check_agrees(meta, given, p)
+        c = meta.input_shape[0]
+        if (c, meta.color) not in ((3, "RGB"), (1, "L")):
+            raise ModelLoadError(f"{p}: the service feeds RGB (3-channel) or grayscale (1-channel, color L) images; "
+                                 f"this model takes {c} channels ({meta.color})")
+        if meta.layout != "NCHW":
+            raise ModelLoadError(f"{p}: input layout {meta.layout} is not supported (export gives NCHW)")
     kind = pick_runtime(p, runtime)
     from export.runners import make_runner
     from pruneopt.errors import PruneoptError
@@ -128,8 +114,15 @@ def load_model(path: str | Path, runtime: str = "auto", *, threads: int | None =
         runner = make_runner(kind, p, threads=threads, strict=True, spin=False)
     except PruneoptError as exc:
         raise ModelLoadError(f"{p}: {exc}") from exc
+    assumed = meta is None
+    if meta is None:
+        try:
+            meta = assume_input(p, runner, given)
+        except BaseException:
+            runner.close()
+            raise
     limit = min(int(max_batch), int(meta.max_batch or max_batch), int(getattr(runner, "max_batch", max_batch)))
-    return LoadedModel(runner, meta, p, kind, model_id, max(1, limit))
+    return LoadedModel(runner, meta, p, kind, model_id, max(1, limit), assumed)
 
 
 @dataclass

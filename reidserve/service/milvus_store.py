@@ -173,6 +173,14 @@ class MilvusStore:
         return StoredItem(row["id"], row.get("camera"), row.get("ts"), dict(row.get("meta") or {}), row.get("seq"),
                           vec)
 
+    def existing(self, item_ids: Sequence[str]) -> set[str]:
+        for i in item_ids:
+            check_id(i)
+        self._check_open()
+        if not item_ids:
+            return set()
+        return {row["id"] for row in self.client.get(self.collection, ids=list(item_ids), output_fields=["id"])}
+
     def search(self, queries: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[list[Hit]]:
         q = check_queries(queries, self.dim, k)
         self._check_open()

@@ -3,7 +3,8 @@
 JSON requests carry images as base64 strings; the same endpoints take ``multipart/form-data`` uploads, described
 by the ``*Upload`` models (files in ``images`` / ``image``, other fields as form fields, ``metadata`` and
 ``filter`` as JSON text; fields they do not name are refused). Static bounds here are hard ceilings; the server's
-configured limits (``--max-images``, ``--max-k``, ...) are checked on top and reported in ``GET /v1/stats``.
+configured limits (``--max-images``, ``--max-k``, ...) are checked on top and reported in ``GET /v1/limits``
+(and ``/v1/stats``).
 
 JSON bodies are validated strictly: a number is not accepted as a string nor the reverse, ``true`` is not ``1``,
 ``"5"`` is not ``5``. The rule "exactly one of image / images / embedding" is in the JSON Schema too (``oneOf``).
@@ -24,6 +25,8 @@ __all__ = [
     "EmbedRequest",
     "EmbedResponse",
     "EmbedUpload",
+    "ExistsRequest",
+    "ExistsResponse",
     "GalleryAddRequest",
     "GalleryAddResponse",
     "GalleryItemIn",
@@ -31,6 +34,7 @@ __all__ = [
     "GalleryUpload",
     "HealthResponse",
     "HitOut",
+    "LimitsResponse",
     "ReadyResponse",
     "SearchFilterIn",
     "SearchRequest",
@@ -205,6 +209,28 @@ class SearchResponse(BaseModel):
     k: int
     gallery_size: int
     took_ms: float
+
+
+class LimitsResponse(BaseModel):
+    """What this server accepts in one request (its ``--max-*`` options); clients split their work to fit."""
+
+    max_k: int = Field(description="results per search (--max-k)")
+    max_images: int = Field(description="images per request, over all its items (--max-images)")
+    max_items: int = Field(description="gallery items per POST /v1/gallery, ids per POST /v1/gallery/exists "
+                                       "(--max-items)")
+    max_body_bytes: int = Field(description="largest request body in bytes (--max-body-mb)")
+    max_pixels: int = Field(description="width x height of one image (--max-pixels)")
+    max_batch: int = Field(description="images per model run (--max-batch, or less where the model is limited); a "
+                                       "bulk upload of this many images per request keeps the model busy")
+
+
+class ExistsRequest(_Strict):
+    ids: list[ItemId] = Field(min_length=1, max_length=HARD_MAX_ITEMS)
+
+
+class ExistsResponse(BaseModel):
+    present: list[str] = Field(description="the asked-for ids that are in the gallery, in request order")
+    missing: list[str] = Field(description="the others, in request order")
 
 
 class HealthResponse(BaseModel):

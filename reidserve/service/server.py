@@ -94,8 +94,11 @@ def serve(settings: ServiceSettings, announce: Callable[[str], None] = print) ->
     app = create_app(state=state)
     protocol = timed_protocol(s.header_timeout, s.body_timeout,
                               on_timeout=lambda phase: state.metrics.slow_closed.labels(phase).inc())
+    # log_config=None: uvicorn's loggers (its access log included, which it would print on stdout) go through the
+    # process's own logging set-up, so every log line goes to one stream, in order
     server = uvicorn.Server(uvicorn.Config(app, http=protocol, log_level=s.log_level, access_log=s.access_log,
-                                           lifespan="on", timeout_graceful_shutdown=15, server_header=False))
+                                           log_config=None, lifespan="on", timeout_graceful_shutdown=15,
+                                           server_header=False))
     try:
         server.run(sockets=[sock])
     finally:

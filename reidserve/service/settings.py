@@ -18,16 +18,20 @@ replacing it.
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pruneopt.common.params import parse_shape
 
 from ..errors import ReidserveError
 
-__all__ = ["ENV_PREFIX", "NO_FLAG", "ServiceSettings", "SettingsError"]
+__all__ = ["ENV_PREFIX", "NO_FLAG", "GivenInput", "ServiceSettings", "SettingsError", "check_data_dir"]
 
 ENV_PREFIX = "REIDSERVE_"
 NO_FLAG = frozenset({"tokens", "milvus_token"})  # fields set only through the environment (or in code)
@@ -35,6 +39,18 @@ NO_FLAG = frozenset({"tokens", "milvus_token"})  # fields set only through the e
 
 class SettingsError(ReidserveError):
     """A ``reidserve serve`` option (flag or environment variable) with a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class GivenInput:
+    """The model input described on the command line (``--input``, ``--mean``, ``--std``, ``--colour``): what the
+    service feeds an ONNX model without pruneopt metadata, and what a pruneopt model's metadata must agree with.
+    ``mean`` and ``std`` have one value per channel once ``input`` is known."""
+
+    input_shape: tuple[int, int, int] | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    colour: str | None
 
 
 class ServiceSettings(BaseSettings):
@@ -104,6 +120,15 @@ class ServiceSettings(BaseSettings):
                                 "its headers are in (16 MiB in 60 s: 280 KB/s); a slower connection is closed")
     accept_model_change: bool = Field(False, description="serve a gallery filled by another model (only when both "
                                                          "produce the same embeddings)")
+    input: Annotated[tuple[int, int, int] | None, NoDecode] = Field(
+        None, description="CxHxW input of an ONNX model without pruneopt metadata, e.g. 3x256x128 (with --mean and "
+                          "--std; a pruneopt export carries its own)")
+    mean: Annotated[tuple[float, ...] | None, NoDecode] = Field(
+        None, description="per-channel mean of such a model's input, on pixels scaled to 0..1 (M or M,M,M)")
+    std: Annotated[tuple[float, ...] | None, NoDecode] = Field(
+        None, description="per-channel std of such a model's input, on pixels scaled to 0..1 (S or S,S,S)")
+    colour: Literal["RGB", "L"] | None = Field(
+        None, description="colour of such a model's input: RGB, or L (grey) [from --input's channels]")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="server log level")
     access_log: bool = Field(False, description="log every request")
     port_file: Path | None = Field(None, description="write the bound port here once listening (for --port 0)")
@@ -118,6 +143,49 @@ class ServiceSettings(BaseSettings):
         if isinstance(value, str):
             return tuple(t for t in re.split(r"[,\s]+", value) if t)
         return value
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _parse_input(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_shape(value, "--input", error=ValueError)
+        return value
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _parse_floats(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return tuple(float(v) for v in re.split(r"[,\s]+", value.strip()) if v)
+            except ValueError:
+                raise ValueError(f"expected numbers like 0.5 or 0.485,0.456,0.406, got {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_model_input(self) -> ServiceSettings:
+        given = [n for n in ("input", "mean", "std") if getattr(self, n) is not None]
+        if given and len(given) < 3 and self.input is None:
+            raise ValueError(f"--{given[0]} describes a model without pruneopt metadata: give --input CxHxW too "
+                             "(and --mean, --std)")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and self.input is not None and len(values) not in (1, self.input[0]):
+                raise ValueError(f"--{name} has {len(values)} values for {self.input[0]} input channels: give 1 or "
+                                 f"{self.input[0]}")
+        if self.std is not None and any(v <= 0 or not math.isfinite(v) for v in self.std):
+            raise ValueError(f"--std values must be positive, got {self.std}")
+        return self
+
+    def model_input(self) -> GivenInput | None:
+        """What ``--input``, ``--mean``, ``--std`` and ``--colour`` say about the model's input (None: nothing)."""
+        if self.input is None and self.mean is None and self.std is None and self.colour is None:
+            return None
+        c = self.input[0] if self.input is not None else None
+
+        def per_channel(values: tuple[float, ...] | None) -> tuple[float, ...] | None:
+            return values * c if values is not None and c is not None and len(values) == 1 else values
+
+        return GivenInput(self.input, per_channel(self.mean), per_channel(self.std), self.colour)
 
     @property
     def max_body_bytes(self) -> int:
@@ -137,10 +205,26 @@ class ServiceSettings(BaseSettings):
             raise SettingsError("; ".join(_describe(e) for e in exc.errors(include_url=False))) from None
 
 
+def check_data_dir(path: Path) -> None:
+    """Raise :class:`SettingsError` unless ``path`` is a folder or can be made one by creating only its last part
+    (its parent exists): a mistyped ``--data-dir`` must not create a tree of folders."""
+    if path.is_dir():
+        return
+    if path.exists():
+        raise SettingsError(f"--data-dir {path} is not a folder")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise SettingsError(f"--data-dir {path}: its parent folder {parent} does not exist; create it first (serve "
+                            "creates only the data folder itself)")
+
+
 def _describe(error: Any) -> str:
-    name = str(error["loc"][0]) if error.get("loc") else ""
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not error.get("loc"):  # a check across fields: its message names the flags
+        return message
+    name = str(error["loc"][0])
     where = f"--{name.replace('_', '-')} / ${ENV_PREFIX}{name.upper()}" if name not in NO_FLAG else \
         f"${ENV_PREFIX}{name.upper()}"
     if error.get("type") == "missing":
         return f"{where} is required"
-    return f"{where}: {error.get('msg', 'invalid value')}"
+    return f"{where}: {message}"

@@ -282,6 +282,10 @@ class SqliteFaissStore:
             vec = self._sql.vector(blob).copy()
         return StoredItem(entry.id, entry.camera, entry.time, load_metadata(entry.meta), entry.seq, vec)
 
+    def existing(self, item_ids: Sequence[str]) -> set[str]:
+        with self._index_lock:
+            return {i for i in item_ids if i in self._fids}
+
     def search(self, queries: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[list[Hit]]:
         q = check_queries(queries, self.dim, k)
         with self._index_lock:

@@ -17,7 +17,7 @@ from .embedder import Embedder, LoadedModel, load_model
 from .middleware import ServiceMetrics
 from .preprocess import decode_image, to_batch
 from .search_batcher import SearchBatcher
-from .settings import ServiceSettings
+from .settings import ServiceSettings, check_data_dir
 from .store import GalleryStore
 
 __all__ = ["ServiceState"]
@@ -44,16 +44,24 @@ class ServiceState:
 
     def open(self) -> None:
         """Load the model, resolve the tokens and open the gallery (idempotent; raises on configuration errors:
-        ``ModelLoadError``, ``StoreError``, ``TokenError``)."""
+        ``SettingsError``, ``ModelLoadError``, ``StoreError``, ``TokenError``). The data folder's parent and the
+        model are checked first, so a mistake in either creates nothing (no data folder, no token)."""
         s = self.settings
+        check_data_dir(s.data_dir)
+        if self.model is None:
+            self.model = load_model(s.model, s.runtime, threads=s.threads, max_batch=s.max_batch,
+                                    given=s.model_input())
         if self.checker is None and s.auth != "none":
-            tokens, self.token_note = resolve_tokens(s.auth, s.token_file, s.data_dir,
-                                                     env={ENV_TOKENS: ",".join(s.tokens)})
+            try:
+                tokens, self.token_note = resolve_tokens(s.auth, s.token_file, s.data_dir,
+                                                         env={ENV_TOKENS: ",".join(s.tokens)})
+            except BaseException:
+                self.model.runner.close()
+                self.model = None
+                raise
             if self.token_note:
                 log.warning(self.token_note)
             self.checker = TokenChecker(tokens)
-        if self.model is None:
-            self.model = load_model(s.model, s.runtime, threads=s.threads, max_batch=s.max_batch)
         if self.store is None:
             try:
                 self.store = open_store(

@@ -235,6 +235,10 @@ class GalleryStore(Protocol):
 
     def get(self, item_id: str, with_embedding: bool = False) -> StoredItem | None: ...
 
+    def existing(self, item_ids: Sequence[str]) -> set[str]:
+        """The ids of ``item_ids`` that are in the gallery."""
+        ...
+
     def delete(self, item_id: str) -> WriteResult | None:
         """Remove ``item_id``; None when it is not in the gallery."""
         ...

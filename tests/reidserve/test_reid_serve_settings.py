@@ -21,7 +21,7 @@ DEFAULTS = {
     "hnsw_m": 0, "ef_search": 0, "faiss_threads": 0, "search_max_batch": 64, "search_max_wait_ms": 1.0,
     "faiss_gpu": "auto", "snapshot_interval": 60.0, "auth": "mutating", "token_file": None, "max_body_mb": 16.0,
     "max_images": 64, "max_items": 1024, "max_k": 1000, "max_pixels": 4_000_000, "header_timeout": 10.0,
-    "body_timeout": 60.0, "accept_model_change": False,
+    "body_timeout": 60.0, "accept_model_change": False, "input": None, "mean": None, "std": None, "colour": None,
     "log_level": "info", "access_log": False, "port_file": None, "tokens": (), "milvus_token": None,
 }
 
@@ -95,6 +95,14 @@ def test_environment_fills_what_the_command_line_does_not(clean_env: pytest.Monk
     ({}, ["--model", "m.onnx"], "--data-dir / $REIDSERVE_DATA_DIR is required"),
     ({"REIDSERVE_DATA_DIR": "d"}, [], "--model / $REIDSERVE_MODEL is required"),
     ({}, ["--model", "m.onnx", "--data-dir", "d", "--max-k", "0"], "Invalid value for '--max-k'"),
+    ({}, ["--model", "m.onnx", "--data-dir", "d", "--mean", "0.5", "--std", "0.2"],
+     "--mean describes a model without pruneopt metadata: give --input CxHxW too"),
+    ({"REIDSERVE_INPUT": "3x256"}, [], "--input / $REIDSERVE_INPUT: --input must look like three positive integers"),
+    ({}, ["--model", "m.onnx", "--data-dir", "d", "--input", "3x8x8", "--mean", "0.1,0.2"],
+     "--mean has 2 values for 3 input channels: give 1 or 3"),
+    ({}, ["--model", "m.onnx", "--data-dir", "d", "--input", "1x8x8", "--std", "x"],
+     "--std / $REIDSERVE_STD: expected numbers like 0.5"),
+    ({}, ["--model", "m.onnx", "--data-dir", "d", "--colour", "BGR"], "Invalid value for '--colour'"),
 ])
 def test_bad_settings_are_one_line(clean_env: pytest.MonkeyPatch, captured: list[ServiceSettings],
                                    env: dict[str, str], args: list[str], message: str) -> None:
@@ -107,6 +115,20 @@ def test_bad_settings_are_one_line(clean_env: pytest.MonkeyPatch, captured: list
     lines = r.stderr.strip().splitlines()
     assert r.exit_code == 2 and not captured, r.output
     assert len(lines) == 1 and lines[0].startswith("reidserve: error: ") and message in lines[0], lines
+
+
+def test_model_input_from_flags_and_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path,
+                                                captured: list[ServiceSettings]) -> None:
+    clean_env.setenv("REIDSERVE_MEAN", "0.485, 0.456, 0.406")
+    clean_env.setenv("REIDSERVE_STD", "0.25")
+    r = CliRunner().invoke(cli, ["serve", "--model", "m.onnx", "--data-dir", str(tmp_path), "--input", "3x256x128"])
+    assert r.exit_code == 0, r.output
+    given = captured[0].model_input()
+    assert given is not None and given.input_shape == (3, 256, 128) and given.colour is None
+    assert given.mean == (0.485, 0.456, 0.406) and given.std == (0.25, 0.25, 0.25)  # one value: every channel
+    clean_env.delenv("REIDSERVE_MEAN")
+    clean_env.delenv("REIDSERVE_STD")
+    assert ServiceSettings(model=Path("m.onnx"), data_dir=tmp_path).model_input() is None
 
 
 def test_settings_load_reports_every_bad_value(clean_env: pytest.MonkeyPatch) -> None:

@@ -121,9 +121,10 @@ def test_upsert_get_replace_delete(make_store: StoreFactory) -> None:
     deleted = store.delete("p3")
     assert deleted is not None and deleted.id == "p3"
     assert store.delete("p3") is None and store.get("p3") is None and store.count() == 19
+    assert store.existing(["p1", "p3", "nope", "p19"]) == {"p1", "p19"} and store.existing([]) == set()
     assert all(h.id != "p3" for h in store.search(new.embedding, 19)[0])
     (again,) = store.upsert([recs[3]])  # re-adding a deleted id creates it again
-    assert again.created is True and store.count() == 20
+    assert again.created is True and store.count() == 20 and store.existing(["p3"]) == {"p3"}
 
 
 def test_search_ranks_by_inner_product(make_store: StoreFactory) -> None:

@@ -1,4 +1,5 @@
-"""``POST /v1/gallery`` (upsert items by id), ``GET`` and ``DELETE /v1/gallery/{item_id}``."""
+"""``POST /v1/gallery`` (upsert items by id), ``GET`` and ``DELETE /v1/gallery/{item_id}``, and ``POST
+/v1/gallery/exists`` (which of these ids are in the gallery: what a resumed bulk import need not send again)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from ..payloads import (
 from ..schemas import (
     ID_PATTERN,
     DeleteResponse,
+    ExistsRequest,
+    ExistsResponse,
     GalleryAddRequest,
     GalleryAddResponse,
     GalleryItemIn,
@@ -43,7 +46,7 @@ from ..schemas import (
 from ..state import ServiceState
 from ..store import GalleryRecord, normalize_embedding
 
-__all__ = ["gallery_add", "gallery_delete", "gallery_get", "router"]
+__all__ = ["gallery_add", "gallery_delete", "gallery_exists", "gallery_get", "router"]
 
 
 @dataclass
@@ -143,6 +146,19 @@ async def gallery_delete(state: State, item_id: str = ItemId) -> Response:
     return reply(DeleteResponse(id=res.id, deleted=True, seq=res.seq, gallery_size=store.count()))
 
 
+async def gallery_exists(request: Request, state: State) -> Response:
+    if media(request) not in JSON_TYPES:
+        raise unsupported(media(request))
+    req: ExistsRequest = await json_body(request, ExistsRequest)
+    if len(req.ids) > state.settings.max_items:
+        raise HTTPException(413, f"{len(req.ids)} ids in one request; at most {state.settings.max_items} "
+                                 "(--max-items)")
+    _, store = state.running()
+    found = await anyio.to_thread.run_sync(store.existing, req.ids)
+    return reply(ExistsResponse(present=[i for i in req.ids if i in found],
+                                missing=[i for i in req.ids if i not in found]))
+
+
 def router(access: Access) -> APIRouter:
     r = APIRouter(tags=["gallery"])
     missing = {404: {"description": "no such item"}, **ERROR_RESPONSES}
@@ -151,6 +167,10 @@ def router(access: Access) -> APIRouter:
                     summary="Add or replace gallery items (upsert by id)",
                     openapi_extra=request_body(("application/json", GalleryAddRequest),
                                                ("multipart/form-data", GalleryUpload)))
+    r.add_api_route("/v1/gallery/exists", gallery_exists, methods=["POST"], response_model=ExistsResponse,
+                    dependencies=access.read, responses=ERROR_RESPONSES,
+                    summary="Which of these ids are in the gallery (at most --max-items per request)",
+                    openapi_extra=request_body(("application/json", ExistsRequest)))
     r.add_api_route("/v1/gallery/{item_id}", gallery_get, methods=["GET"], response_model=GalleryItemOut,
                     dependencies=access.read, responses=missing, summary="Read a gallery item")
     r.add_api_route("/v1/gallery/{item_id}", gallery_delete, methods=["DELETE"], response_model=DeleteResponse,

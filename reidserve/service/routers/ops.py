@@ -1,4 +1,9 @@
-"""Operations: ``GET /v1/stats``, ``/metrics`` (Prometheus), ``/healthz`` (liveness), ``/readyz`` (readiness).
+"""Operations: ``GET /v1/stats``, ``/v1/limits``, ``/metrics`` (Prometheus), ``/healthz`` (liveness), ``/readyz``
+(readiness).
+
+``/v1/limits`` says what one request may carry (``--max-k``, ``--max-images``, ``--max-items``, ``--max-body-mb``,
+``--max-pixels``) and how many images one model run takes, so that a client checks its requests, and sizes bulk
+uploads, before sending them.
 
 ``/v1/stats`` shows where the service runs -- its process id, the data folder (or Milvus URI), the model file --
 only to callers that present a valid token (or to everyone under ``--auth none``, where every caller may also
@@ -19,9 +24,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..dependencies import Access, State
-from ..schemas import HealthResponse, ReadyResponse
+from ..schemas import HealthResponse, LimitsResponse, ReadyResponse
 
-__all__ = ["VERSION", "healthz", "metrics", "readyz", "router", "stats"]
+__all__ = ["VERSION", "healthz", "limits", "metrics", "readyz", "router", "stats"]
 
 VERSION = "0.1.0"
 
@@ -46,6 +51,13 @@ async def stats(request: Request, state: State) -> dict[str, Any]:
             "gc": {"frozen_objects": gc.get_freeze_count(),
                    "collections": [g["collections"] for g in gc.get_stats()]},
             "gallery": gallery, "limits": state.settings.limits()}
+
+
+async def limits(state: State) -> LimitsResponse:
+    s = state.settings
+    model_batch = state.model.max_batch if state.model is not None else s.max_batch
+    return LimitsResponse(max_k=s.max_k, max_images=s.max_images, max_items=s.max_items,
+                          max_body_bytes=s.max_body_bytes, max_pixels=s.max_pixels, max_batch=model_batch)
 
 
 async def metrics(state: State) -> Response:
@@ -73,6 +85,8 @@ def router(access: Access) -> APIRouter:
     r = APIRouter(tags=["ops"])
     r.add_api_route("/v1/stats", stats, methods=["GET"], dependencies=access.read,
                     summary="Model, batching and gallery facts")
+    r.add_api_route("/v1/limits", limits, methods=["GET"], response_model=LimitsResponse, dependencies=access.read,
+                    summary="What one request may carry (k, images, items, body size, pixels)")
     r.add_api_route("/metrics", metrics, methods=["GET"], dependencies=access.read, summary="Prometheus metrics",
                     response_class=Response)
     r.add_api_route("/healthz", healthz, methods=["GET"], response_model=HealthResponse, summary="Liveness")
