@@ -19,7 +19,7 @@ CONSTRAINTS := constraints.txt
 # what the lock leaves to TORCH: torch itself and the CUDA libraries of its build; and this package
 UNPINNED := ^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|pruneopt)==
 
-.PHONY: setup data demo test test-latest lint imports typecheck lock bench clean
+.PHONY: setup data demo demo-reid test test-latest lint imports typecheck lock bench clean
 
 setup: $(STAMP) data
 
@@ -61,6 +61,11 @@ data:
 # exported to ONNX, served, and answering a query (scripts/demo.sh)
 demo: setup
 	BIN=$(BIN) ./scripts/demo.sh runs/demo
+
+# the re-ID chain on synthetic people: synth -> train -> search --task reid -> export -> serve -> import -> eval,
+# the service's rank-1/mAP printed next to reidserve eval's (scripts/demo_reid.sh)
+demo-reid: setup
+	BIN=$(BIN) ./scripts/demo_reid.sh runs/demo-reid
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q

@@ -3,7 +3,7 @@
 #   1. reidserve synth    a small synthetic dataset in the Market-1501 layout (RUN/data)
 #   2. reidserve train    unsupervised TMP training of a resnet20 re-ID model, a tiny budget (RUN/train)
 #   3. pruneopt search    a quick re-ID pruning search from that model at half its FLOPs (RUN/search)
-#   4. pruneopt export    the winner to verified ONNX (RUN/winner.onnx)
+#   4. pruneopt export    the winner, whole (backbone + GeM + BN neck + L2), to verified ONNX (RUN/winner.onnx)
 #   5. reidserve serve    the ONNX winner behind the retrieval service (loopback, a free port, gallery in RUN/gallery)
 #   6. reidserve query import   the dataset's gallery (bounding_box_test/) into the service, many images per request
 #   7. reidserve query eval     every query image searched through the service, scored under the Market-1501
@@ -35,13 +35,14 @@ say "reidserve train (tiny budget)"
   --batch 4x4 "${CLUSTER[@]}" --eps 0.3 --outliers singleton --no-progress
 
 say "pruneopt search --task reid --quick"
-"$BIN/pruneopt" search --task reid --quick --parent "$RUN/train/model" --data "$RUN/data" --out "$RUN/search" \
+"$BIN/pruneopt" search --task reid --quick --parent "$RUN/train" --data "$RUN/data" --out "$RUN/search" \
   --size "$SIZE" --regimes 0.5 --samples 4 --refined-samples 4 --finetune-steps 4 --final-steps 10 --final-rounds 1 \
   --reid-batch 4x4 "${CLUSTER[@]}" --cluster-eps 0.3 --outliers singleton --workers "$WORKERS" --no-progress
 
 say "pruneopt export"
-if [ ! -f "$RUN/winner.onnx" ] || [ "$RUN/search/winner/weights.safetensors" -nt "$RUN/winner.onnx" ]; then
-  "$BIN/pruneopt" export "$RUN/search/winner" --onnx --input "3x$SIZE" --out "$RUN/winner.onnx"
+if [ ! -f "$RUN/winner.onnx" ] || [ "$RUN/search/winner/spec.json" -nt "$RUN/winner.onnx" ]; then
+  # winner/ is the re-ID model the search scored (backbone + GeM + BN neck + L2) and records its preprocessing
+  "$BIN/pruneopt" export "$RUN/search/winner" --onnx --out "$RUN/winner.onnx"
 fi
 
 say "reidserve serve"
@@ -77,7 +78,7 @@ say "reidserve query import (the gallery, bounding_box_test/)"
 "${QUERY[@]}" import "$RUN/data"
 
 say "rank-1 / mAP: reidserve eval (torch) and through the service"
-"$BIN/reidserve" eval --model "$RUN/search/final/winner/run" --data "$RUN/data" --json >"$RUN/eval-torch.json"
+"$BIN/reidserve" eval --model "$RUN/search/winner" --data "$RUN/data" --json >"$RUN/eval-torch.json"
 "${QUERY[@]}" eval "$RUN/data" --json >"$RUN/eval-service.json"
 "$BIN/python" - "$RUN/eval-torch.json" "$RUN/eval-service.json" <<'EOF'
 import json, sys

@@ -137,13 +137,6 @@ def test_service_preprocessing_equals_the_evaluation_transform(run: Path, data: 
     assert worst <= 1e-6, worst
 
 
-DRAFT = ("reidserve/service/preprocess.py decodes a JPEG in PIL's draft mode (a DCT-domain downscale) whenever the "
-         "model input is at most half the image, so its pixels differ from evaluation's full decode + bilinear resize "
-         "(by up to ~26 levels here); the service must not call im.draft, or only for images far larger than the "
-         "input and then still resize bilinearly from the full image as evaluation does")
-
-
-@pytest.mark.xfail(strict=True, reason=DRAFT)
 def test_service_preprocessing_equals_evaluation_when_it_downscales(data: Path) -> None:
     """A model whose input is half the images' size (a 64x32 crop served to a 32x16 model)."""
     ds = load_dataset(data)

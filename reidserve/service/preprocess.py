@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from export.metadata import ExportMetadata
 
 from ..errors import ReidserveError
-from ..imageio import ROTATED_ORIENTATIONS, orientation, prepare
+from ..imageio import prepare
 
 __all__ = ["ALLOWED_FORMATS", "ImageError", "ImageTooLarge", "decode_base64", "decode_image", "to_batch"]
 
@@ -91,9 +91,7 @@ def decode_image(data: bytes, size: tuple[int, int], mode: str, *, max_pixels: i
                                 "crops, not whole frames")
         th, tw = size
         try:
-            if im.format == "JPEG":  # DCT-domain downscale, still >= the target (as stored: before the rotation)
-                box = (th, tw) if orientation(im) in ROTATED_ORIENTATIONS else (tw, th)
-                im.draft("RGB" if mode == "RGB" else "L", box)
+            # no JPEG draft (DCT-domain) downscale: evaluation decodes every image fully, and so must the service
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im.load()
