@@ -13,8 +13,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from .. import demo_gallery as demo
 from ..client import ReidClient, read_token_file
-from ..service import demo
 
 __all__ = ["BULK_TIMEOUT", "bulk_client", "demo_gallery", "query"]
 

@@ -10,7 +10,8 @@ checks), :mod:`.state` (the resources of a running service), :mod:`.payloads` (r
 :mod:`.backends` (``open_store``: a backend from a store URL), :mod:`.sqlite_store`, :mod:`.sqlite_db`,
 :mod:`.filtered_search` and :mod:`.faiss_index` (SQLite WAL + FAISS, snapshots, replay), :mod:`.milvus_store`
 (Milvus / Milvus Lite), :mod:`.auth` (bearer tokens), :mod:`.middleware` (body limit, header rules, metrics),
-:mod:`.process` (run a server in a subprocess: tests, benchmarks), :mod:`.demo` (fill a gallery for a demo).
+:mod:`.process` (run a server in a subprocess: tests, benchmarks). Filling a gallery for a demo is client side:
+:mod:`reidserve.demo_gallery`.
 
 Nothing here imports torch; names below load their module on first use.
 """

@@ -23,10 +23,10 @@ import numpy as np
 from pruneopt.data import fashion_mnist
 from pruneopt.data.fashion_mnist import CLASSES
 
-from ..client import ReidClient
-from ..errors import ReidserveError
-from ..gallery_import import import_items
-from ..import_sources import ImportItem, ImportSourceError, list_items
+from .client import ReidClient
+from .errors import ReidserveError
+from .gallery_import import import_items
+from .import_sources import ImportItem, ImportSourceError, list_items
 
 __all__ = ["CLASSES", "DemoDataError", "fill_fashion_mnist", "fill_folder", "read_fashion_mnist_test"]
 
