@@ -164,9 +164,10 @@ def not_found(data_dir: str | Path | None = None) -> DataNotFoundError:
     places = ", ".join(str(p) for p in search_roots(data_dir))
     if data_dir is not None:
         return DataNotFoundError(
-            f"--data-dir {data_dir} does not hold Fashion-MNIST (looked in it and under fashion-mnist/ and "
-            f"FashionMNIST/raw/ for the four IDX files; no other place is searched when --data-dir is given); "
-            f"{HOW_TO_GET_FILES.replace('those folders', 'it')}"
+            f"Fashion-MNIST not found in --data-dir {data_dir} (looked in it and in its fashion-mnist/ and "
+            "FashionMNIST/raw/ sub-folders for the four IDX files; with --data-dir no other place is searched); "
+            "get them with 'apt-get install dataset-fashion-mnist' (Debian/Ubuntu, then leave --data-dir out), or "
+            "from https://github.com/zalandoresearch/fashion-mnist into it"
         )
     return DataNotFoundError(
         f"Fashion-MNIST not found; looked in {places} (each also under fashion-mnist/ and FashionMNIST/raw/); "
