@@ -17,6 +17,7 @@ data set's 10), keeping every other weight.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raw: object = load_file(str(p), device="cpu")
         else:
             raw = torch.load(p, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError) as exc:
+    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PruneoptError(f"--parent {path}: cannot read this state dict ({first[:200]})") from None
     if isinstance(raw, Mapping):
