@@ -28,6 +28,7 @@ from torch import nn
 from .common.files import atomic_write
 from .data.splits import FileSplit, Split
 from .devices import Precision, is_cuda, precision_for
+from .errors import PruneoptError
 from .loader import FASHION_MNIST, Feed, augment, batches, in_order, to_input
 
 __all__ = ["TrainConfig", "augment", "batches", "finetune", "recalibrate_bn", "to_input", "top1_error", "train"]
@@ -191,6 +192,8 @@ def finetune(model: nn.Module, data: Data, steps: int, batch_size: int, lr: floa
     """A short fine-tune: ``steps`` SGD steps with a cosine learning rate (the same budget for every candidate)."""
     if steps <= 0:
         return model
+    if len(data) < batch_size:  # no full batch: the loop below would never end
+        raise PruneoptError(f"{len(data)} training images cannot fill one fine-tune batch of {batch_size}")
     place(model, feed)
     opt = _sgd(list(model.parameters()), lr, 0.9, weight_decay)
     step_fn = Stepper(model, opt, feed, precision)

@@ -128,8 +128,11 @@ def _open_data(data: str, data_dir: str | None, val_fraction: float, seed: int) 
         folder = data_dir or os.environ.get("PRUNEOPT_DATA")
         if folder is None:
             raise DataNotFoundError(f"--data {data} needs --data-dir DIR (the folder of its python-pickle files, "
-                                    "or their parent), or give that folder as --data")
-        return _cifar(folder, data)
+                                    "or their parent; or $PRUNEOPT_DATA), or give that folder as --data")
+        try:
+            return _cifar(folder, data)
+        except DataNotFoundError as exc:
+            raise DataNotFoundError(f"{exc} (from $PRUNEOPT_DATA)" if data_dir is None else str(exc)) from None
     if data_dir is not None:
         raise PruneoptError(f"--data-dir is for --data {', '.join(NAMED)}; a CIFAR or image folder is given as "
                             f"--data itself (got --data {data} --data-dir {data_dir})")

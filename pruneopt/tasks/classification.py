@@ -244,9 +244,16 @@ class ClassificationTask(ReportWording):
     def check_inputs(self, cfg: ConfigView, data_dir: str | None) -> None:
         """The data (layout, classes, a sample decoded), the parent (file, keys, shapes) and the input they imply:
         one clear line each, before anything is trained."""
-        data = self.data(cfg, data_dir).open()
+        settings, s = self.data(cfg, data_dir), _section(cfg)
+        data = settings.open()
         if data.num_classes < 2:
             raise PruneoptError(f"--data {cfg.common.data}: {data.num_classes} class; classification needs two")
+        train_split, val, _ = settings.load()
+        need = max(s.batch_size, s.finetune_batch)
+        if len(train_split) < need or len(val) < 1:
+            raise PruneoptError(f"--data {cfg.common.data}: {len(train_split)} training images after holding out "
+                                f"{len(val)} for validation; a batch needs {need} (--batch-size, and 64 for each "
+                                "candidate's fine-tune)")
         self.feed(cfg)
 
     def planned_parent(self, cfg: ConfigView, data_dir: str | None) -> ModelSpec:
