@@ -42,8 +42,11 @@ def make_images(root: Path, n: int, size: tuple[int, int], suffix: str) -> FileS
         folder.mkdir(parents=True, exist_ok=True)
         h, w = size
         base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)  # smooth-ish, compresses like a photo
-        img = Image.fromarray(base).resize((w, h), Image.BILINEAR)
-        img.save(folder / f"{i:05d}{suffix}", **({"quality": 90} if suffix == ".jpg" else {}))
+        img = Image.fromarray(base).resize((w, h), Image.Resampling.BILINEAR)
+        if suffix == ".jpg":
+            img.save(folder / f"{i:05d}{suffix}", quality=90)
+        else:
+            img.save(folder / f"{i:05d}{suffix}")
     return scan_folder(root, 0.2).train
 
 

@@ -88,7 +88,10 @@ def main() -> None:
             with make_evaluation_pool(backend, "classification", settings, workers, threads=1,
                                       devices=worker_devices(device, workers)) as pool:
                 started = time.perf_counter()
-                pool.map(jobs, lambda j, w: None, lambda o, got=got: got.__setitem__(o.job.candidate_id, _error(o)))
+                def record(o: Outcome, got: dict[int, float] = got) -> None:
+                    got[o.job.candidate_id] = _error(o)
+
+                pool.map(jobs, lambda j, w: None, record)
             wall = time.perf_counter() - t0
             errors[name] = [got[i] for i in range(len(jobs))]
             rows.append({"runner": name, "workers": workers, "wall_s": wall, "startup_s": started - t0,

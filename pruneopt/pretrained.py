@@ -84,6 +84,14 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def spec_of(model: nn.Module) -> ModelSpec:
+    """The spec a network built by :mod:`pruneopt.models` carries."""
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, ModelSpec):
+        raise PruneoptError("only networks built by pruneopt.models carry a spec")
+    return spec
+
+
 def head_name(spec: ModelSpec) -> str:
     """The module name of the classifier (``fc``, ``classifier.1``)."""
     linear = [layer.name for layer in get_arch(spec.arch).layers(spec) if layer.kind == "linear"]
@@ -174,7 +182,7 @@ def load_state_dict_parent(path: str | os.PathLike[str], arch: str | None = None
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """``model`` with a freshly initialised classifier of ``num_classes`` outputs (drawn from torch's global
     generator; seed it first), every other weight kept."""
-    spec: ModelSpec = model.spec  # type: ignore[assignment]
+    spec = spec_of(model)
     new_spec = ModelSpec(spec.arch, spec.widths, spec.in_chans, num_classes, spec.last_stride, spec.features_only)
     fresh = build(new_spec)
     head = head_name(spec) + "."

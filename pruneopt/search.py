@@ -50,6 +50,7 @@ from .devices import resolve_device, worker_devices
 from .errors import PruneoptError
 from .models import ModelSpec
 from .pools import Outcome, evaluate_pending, make_evaluation_pool
+from .pretrained import spec_of
 from .report import render_report
 from .search_config import SearchConfig
 from .seeds import derive_seed
@@ -250,7 +251,7 @@ def stage_finals(ctx: Context, parent_dir: Path) -> None:
     cfg, store, task = ctx.cfg, ctx.store, ctx.task
     winner = stage_winner(ctx)
     parent = load_subnet(parent_dir)
-    space = make_space(cfg, parent.spec)
+    space = make_space(cfg, spec_of(parent))
     regime = Regime(cfg.common.regimes[0], cfg.common.band)
     models = {
         "winner": ModelSpec.from_json(winner["spec"]),
@@ -261,7 +262,7 @@ def stage_finals(ctx: Context, parent_dir: Path) -> None:
     if not pending:
         return
     hw = input_hw(cfg)
-    parent_macs = count(parent.spec, hw).macs
+    parent_macs = count(spec_of(parent), hw).macs
     for final in task.finetune_finals(ctx, parent_dir, parent, pending):
         spec = pending[final.name]
         c = count(spec, hw)
@@ -300,7 +301,7 @@ def run_search(cfg: SearchConfig, out: str | Path, *, workers: int = 1, backend:
         parent_dir = stage_parent(ctx)
         parent_model = load_subnet(parent_dir)
         settings = task.worker_settings(ctx, parent_dir)
-        space = make_space(cfg, parent_model.spec)
+        space = make_space(cfg, spec_of(parent_model))
         c = cfg.common
         for r in c.regimes:
             add_population(ctx, space, "initial", r, c.samples)

@@ -74,7 +74,8 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
 def place(model: nn.Module, feed: Feed) -> nn.Module:
     """``model`` on the feed's device (channels-last on a GPU); on the CPU it is left as it is."""
     if is_cuda(feed.device):
-        model.to(feed.device, memory_format=torch.channels_last)
+        model.to(torch.device(feed.device))
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from torch's stubs
     return model
 
 

@@ -15,7 +15,7 @@ from ..complexity import Complexity, count, count_module, parse_input
 from ..errors import PruneoptError
 from ..models import ModelSpec, get_arch, list_archs
 from ..preprocess import read_preprocess
-from ..pretrained import is_state_file, load_state_dict_parent
+from ..pretrained import is_state_file, load_state_dict_parent, spec_of
 from ..space import PruningSpace, Regime
 from ..thinning import CRITERIA, thin
 
@@ -217,14 +217,15 @@ def thin_cmd(parent: Path, arch: str | None, spec_text: str, line: int | None, c
     pruneopt thin --parent resnet50.pth --spec "$(head -n 1 samples.jsonl)" --out runs/r50-half
     """
     model = load_state_dict_parent(parent, arch) if is_state_file(parent) else load_subnet(parent)
-    if arch is not None and not is_state_file(parent) and get_arch(arch).name != model.spec.arch:
-        raise PruneoptError(f"--parent {parent} is a {model.spec.arch}, not a {arch}")
+    pspec = spec_of(model)
+    if arch is not None and not is_state_file(parent) and get_arch(arch).name != pspec.arch:
+        raise PruneoptError(f"--parent {parent} is a {pspec.arch}, not a {arch}")
     spec = read_spec_arg(spec_text, line)
     child = thin(model, spec, criterion)
     preprocess = None if is_state_file(parent) else read_preprocess(parent)
     save_subnet(child, out, preprocess)
     hw = preprocess.input_shape[1:] if preprocess else get_arch(spec.arch).default_input[1:]
-    c, p = count(spec, hw), count(model.spec, hw)
+    c, p = count(spec, hw), count(pspec, hw)
     click.echo(f"{out}: {spec.arch} subnetwork, {c.macs / 1e6:,.2f} M MACs at {hw[0]}x{hw[1]} ({c.macs / p.macs:.3f} "
                f"of the parent), {c.params:,} params, R = {c.ratio:.1f}; {criterion} filters kept"
                + ("; preprocess.json copied" if preprocess else ""))

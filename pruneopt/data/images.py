@@ -119,11 +119,11 @@ class Transform:
     def eval(self, img: Image.Image) -> np.ndarray:
         h, w = self.size
         if self.style == "pad-crop":
-            return to_chw(img if img.size == (w, h) else img.resize((w, h), Image.BILINEAR))
+            return to_chw(img if img.size == (w, h) else img.resize((w, h), Image.Resampling.BILINEAR))
         scale = max(h / img.height, w / img.width) / EVAL_CROP
         rw, rh = max(w, round(img.width * scale)), max(h, round(img.height * scale))
         left, top = (rw - w) // 2, (rh - h) // 2
-        resized = img.resize((rw, rh), Image.BILINEAR)
+        resized = img.resize((rw, rh), Image.Resampling.BILINEAR)
         return to_chw(resized.crop((left, top, left + w, top + h)))
 
     def train(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
@@ -136,7 +136,7 @@ class Transform:
             out = padded[:, oy:oy + h, ox:ox + w]
         else:
             box = random_resized_box(img.width, img.height, rng)
-            out = to_chw(img.resize((w, h), Image.BILINEAR, box=box))
+            out = to_chw(img.resize((w, h), Image.Resampling.BILINEAR, box=box))
         if rng.random() < 0.5:
             out = out[:, :, ::-1]
         return np.ascontiguousarray(out)

@@ -19,7 +19,7 @@ from ..checkpoint import load_subnet
 from ..data.splits import AnySplit
 from ..loader import Feed, skipped_images
 from ..models import build
-from ..pretrained import head_name, load_state_dict_parent, replace_head
+from ..pretrained import head_name, load_state_dict_parent, replace_head, spec_of
 from ..seeds import derive_seed
 from ..train import TrainConfig, top1_error, train
 from .base import ParentResult, RunContext
@@ -48,7 +48,7 @@ def _advice(source: ParentSource, head: dict[str, Any] | None, parent_epochs: in
     return "pass a parent trained on this data (--parent), or train one in the run (no --parent; --parent-epochs N)"
 
 
-def _given(ctx: RunContext, source: ParentSource, arch: str) -> nn.Module:
+def _given(source: ParentSource, arch: str) -> nn.Module:
     if source.kind == "state dict":
         return load_state_dict_parent(str(source.path), arch)
     return load_subnet(str(source.path))
@@ -70,11 +70,12 @@ def prepare_parent(ctx: RunContext, folder: Path, source: ParentSource, data: tu
               progress=progress_bar(ctx, "parent: training", total), feed=feed)
         origin = "trained"
     else:
-        model = _given(ctx, source, c.arch)
+        model = _given(source, c.arch)
         origin = str(Path(str(source.path)).resolve())
-        if model.spec.num_classes != num_classes:
-            head = {"from_classes": model.spec.num_classes, "to_classes": num_classes, "epochs": s.head_epochs,
-                    "module": head_name(model.spec)}
+        given = spec_of(model)
+        if given.num_classes != num_classes:
+            head = {"from_classes": given.num_classes, "to_classes": num_classes, "epochs": s.head_epochs,
+                    "module": head_name(given)}
             torch.manual_seed(derive_seed(c.seed, "head"))
             model = replace_head(model, num_classes)
             tc = TrainConfig(epochs=s.head_epochs, batch_size=s.batch_size, lr=s.head_lr, warmup_steps=0)
@@ -83,11 +84,11 @@ def prepare_parent(ctx: RunContext, folder: Path, source: ParentSource, data: tu
                   progress=progress_bar(ctx, "parent: training the new head", total), feed=feed,
                   only=head["module"])
     val_err, test_err = top1_error(model, val, feed=feed), top1_error(model, test, feed=feed)
-    record = {"source": origin, "val_error": val_err, "test_error": test_err, "spec": model.spec.to_dict(),
+    record = {"source": origin, "val_error": val_err, "test_error": test_err, "spec": spec_of(model).to_dict(),
               "kind": source.kind, "head": head, "data": describe_data, "input": feed.to_dict(),
               "chance_error": 1.0 - 1.0 / num_classes, "near_chance_advice": _advice(source, head, s.parent_epochs),
               "skipped_images": len(skipped_images())}
-    message = f"parent {model.spec.arch}: val error {val_err:.4f}, test error {test_err:.4f}"
+    message = f"parent {spec_of(model).arch}: val error {val_err:.4f}, test error {test_err:.4f}"
     if head is not None:
         message += f" (its {head['from_classes']}-class head replaced, trained {head['epochs']} epoch(s))"
     return ParentResult(model.cpu(), record, message)

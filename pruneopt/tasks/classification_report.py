@@ -40,7 +40,10 @@ class ReportWording:
                       "rest frozen, before the search.", ""]
         if p.get("skipped_images"):
             lines += [f"Skipped images: {p['skipped_images']} could not be decoded (--skip-bad-images).", ""]
-        lines += [f"Parent: val error {fmt(p['val_error'])}, test error {fmt(p['test_error'])} ({p['source']}).", ""]
+        origin = {"state dict": f"{p['spec']['arch']} from the state dict {p['source']} (torchvision naming)",
+                  "folder": f"{p['spec']['arch']} from {p['source']}",
+                  "trained": f"{p['spec']['arch']} trained in the run"}.get(p.get("kind", ""), p["source"])
+        lines += [f"Parent: val error {fmt(p['val_error'])}, test error {fmt(p['test_error'])} ({origin}).", ""]
         return lines
 
     def report_finals(self, summary: dict[str, Any]) -> list[str]:

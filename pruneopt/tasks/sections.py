@@ -113,7 +113,8 @@ def preset_values(section: type, preset: str) -> dict[str, Any]:
 def section_dict(section: Any) -> dict[str, Any]:
     """A section's values as JSON-able data, in field order (tuples become lists); a setting declared with
     ``since`` is left out while it holds its default."""
-    later = {s.name: s.default for s in settings_of(type(section)) if s.since is not None}
+    cls: type = type(section)
+    later = {s.name: s.default for s in settings_of(cls) if s.since is not None}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(section).items()
             if k not in later or v != later[k]}
 

@@ -172,7 +172,8 @@ def test_transforms_are_seeded_and_sized() -> None:
     a = small.train(img, np.random.default_rng(5))
     assert a.shape == (3, 32, 32) and a.dtype == np.uint8
     assert np.array_equal(a, small.train(img, np.random.default_rng(5)))
-    assert np.array_equal(small.eval(img), np.asarray(img.resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1))
+    resized = np.asarray(img.resize((32, 32), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+    assert np.array_equal(small.eval(img), resized)
     large = Transform((64, 48), "L", "resized-crop")
     assert large.eval(img.convert("L")).shape == (1, 64, 48)
     assert large.train(img.convert("L"), np.random.default_rng(1)).shape == (1, 64, 48)
