@@ -69,23 +69,45 @@ def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     add_entry_points(tmp_path / "site", monkeypatch, "toy = tests.pruneopt.toy_task:TASK")
 
 
-def test_spawned_workers_are_pinned_to_distinct_devices(toy: None, tmp_path: Path) -> None:
-    """Two local worker processes given two (named) devices: each takes its own, and says so with every result."""
+def test_spawned_workers_are_pinned_to_distinct_devices(toy: None, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker process takes the next device as it starts (checked on the initializer itself, then through two
+    spawned processes, whose every result names a device of the list)."""
+    from multiprocessing import get_context
+
+    from pruneopt import pools
     from pruneopt.checkpoint import save_subnet
     from pruneopt.models import build, default_spec
     from pruneopt.space import PruningSpace, Regime
 
     parent = build(default_spec("resnet20"))
     save_subnet(parent, tmp_path / "parent")
+    settings = {"parent_dir": str(tmp_path / "parent"), "target_ratio": 100.0, "noise": 0.0, "device": "cuda"}
+    built: list[dict[str, Any]] = []
+    real = pools.make_evaluator
+
+    def recording(task: str, s: dict[str, Any], device: str | None = None) -> Any:
+        built.append(pools.on_device(s, device))
+        return real(task, s, device)
+
+    monkeypatch.setattr(pools, "make_evaluator", recording)
+    counter = get_context("spawn").Value("i", 0)
+    names = []
+    before = torch.get_num_threads()
+    for _ in range(3):
+        pools._init_worker("toy", settings, 1, ["cuda:0", "cuda:1"], counter)
+        names.append(pools._WORKER[1])  # type: ignore[index]
+    torch.set_num_threads(before)
+    assert [n.rsplit(":", 2)[1:] for n in names] == [["cuda", "0"], ["cuda", "1"], ["cuda", "0"]]
+    assert [b["device"] for b in built] == ["cuda:0", "cuda:1", "cuda:0"]  # each evaluator built for its device
+    monkeypatch.undo()
+    add_entry_points(tmp_path / "site2", monkeypatch, "toy = tests.pruneopt.toy_task:TASK")
     specs = PruningSpace(parent.spec).sample(6, Regime(0.5, 0.05)).specs()
     jobs = [CandidateJob(i, s.to_json(), i) for i, s in enumerate(specs)]
-    settings = {"parent_dir": str(tmp_path / "parent"), "target_ratio": 100.0, "noise": 0.0, "device": "cuda"}
     seen: dict[int, str] = {}
     with make_evaluation_pool("local", "toy", settings, 2, threads=1, devices=["cuda:0", "cuda:1"]) as pool:
         pool.map(jobs, lambda j, w: None, lambda o: seen.__setitem__(o.job.candidate_id, o.worker))
-    assert len(seen) == 6
-    by_pid = {w.rsplit(":", 2)[0]: w.rsplit(":", 2)[1:] for w in seen.values()}
-    assert sorted(":".join(d) for d in by_pid.values()) == ["cuda:0", "cuda:1"]  # two processes, two devices
+    assert len(seen) == 6 and all(w.endswith((":cuda:0", ":cuda:1")) for w in seen.values())
     with make_evaluation_pool("local", "toy", settings, 1, threads=1, devices=["cuda:1"]) as pool:
         assert pool.worker.endswith(":cuda:1")  # type: ignore[attr-defined]
     with pytest.raises(PruneoptError, match="2 workers need 2 devices, got 1"):
