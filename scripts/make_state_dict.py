@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=1000, help="outputs of the saved head")
     ap.add_argument("--input", default=None, help="HxW or 3xHxW (default: the data's size)")
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--train-limit", type=int, default=None, help="use only N training images")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--loader-workers", type=int, default=1)
@@ -42,7 +43,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    settings = DataSettings(args.data, args.data_dir)
+    settings = DataSettings(args.data, args.data_dir, train_limit=args.train_limit)
     facts = settings.facts()
     size = parse_shape(args.input, default_channels=3)[1:] if args.input else facts.size
     feed = Feed(3, size, IMAGENET_MEAN, IMAGENET_STD, style_for(size), max(2, min(size) // 8),

@@ -131,7 +131,8 @@ class Transform:
         if self.style == "pad-crop":
             arr = self.eval(img)
             p = self.pad
-            padded = np.pad(arr, ((0, 0), (p, p), (p, p)))
+            padded = np.zeros((arr.shape[0], h + 2 * p, w + 2 * p), dtype=np.uint8)
+            padded[:, p:p + h, p:p + w] = arr
             oy, ox = (int(v) for v in rng.integers(0, 2 * p + 1, size=2))
             out = padded[:, oy:oy + h, ox:ox + w]
         else:
