@@ -36,6 +36,7 @@ from .images import (
 from .splits import FileSplit, stratified_mask
 
 HELD_OUT = ("val", "test")
+REID_LAYOUTS = (("bounding_box_train", "query"), ("list_train.txt", "list_query.txt"))  # Market-1501, MSMT17
 DEFAULT_LARGE = (224, 224)  # the input size of ImageNet-sized images
 
 
@@ -92,6 +93,9 @@ def scan_folder(root: str | os.PathLike[str], val_fraction: float = 1 / 6, seed:
     base = Path(root)
     if not base.is_dir():
         raise DataNotFoundError(f"--data {root}: not a folder")
+    if any(all((base / name).exists() for name in names) for names in REID_LAYOUTS):
+        raise PruneoptError(f"--data {root} looks like a re-ID dataset (bounding_box_train/, query/...), not "
+                            "class folders: is it the data of another --task (--task reid)?")
     held = next((base / n for n in HELD_OUT if (base / n).is_dir()), None)
     if (base / "train").is_dir() and held is not None:
         classes, files, labels = _scan(base / "train")

@@ -181,3 +181,11 @@ def test_transforms_are_seeded_and_sized() -> None:
         left, top, right, bottom = random_resized_box(70, 50, np.random.default_rng(seed))
         assert 0 <= left < right <= 70 and 0 <= top < bottom <= 50
     assert style_for((32, 32)) == "pad-crop" and style_for((224, 224)) == "resized-crop"
+
+
+def test_a_reid_dataset_is_not_taken_for_class_folders(tmp_path: Path) -> None:
+    for sub in ("bounding_box_train", "bounding_box_test", "query"):
+        (tmp_path / "market" / sub).mkdir(parents=True)
+        Image.new("RGB", (8, 16)).save(tmp_path / "market" / sub / "0001_c1s1_000151_01.jpg")
+    with pytest.raises(PruneoptError, match=r"looks like a re-ID dataset .*--task reid\)\?$"):
+        scan_folder(tmp_path / "market")
