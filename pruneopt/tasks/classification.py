@@ -138,8 +138,8 @@ class ClassificationEvaluator:
         self.settings = (settings if isinstance(settings, ClassificationSettings)
                          else ClassificationSettings.from_dict(settings))
         self.feed = self.settings.make_feed()
-        if is_cuda(self.feed.device):
-            torch.cuda.set_device(torch.device(self.feed.device))
+        if is_cuda(self.feed.device) and ":" in self.feed.device:
+            torch.cuda.set_device(torch.device(self.feed.device))  # this worker's own GPU
         self.parent = load_subnet(self.settings.parent_dir)
         self.train, val, _ = self.settings.data.load()
         n = self.settings.val_size
