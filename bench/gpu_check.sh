@@ -7,6 +7,10 @@
 #   4. bench/loss.py --device cuda (ext vs eager vs torch.compile(reference)),
 #   5. a summary table: time, speed-up vs eager, peak memory, and the achieved bandwidth as a
 #      fraction of reading q and k once at the measured device copy bandwidth.
+# Part 2 (export and runtimes) is bench/gpu_export_check.sh; part 3 the classification search on the GPU:
+#   6. the Fashion-MNIST tree of PNGs (scripts/write_image_folder.py; a generated colour-class folder where
+#      Fashion-MNIST is not installed), candidates/hour on the CPU vs the GPU for the same candidates
+#      (bench/search_throughput.py --devices cpu,cuda) and a small quick search with --device cuda end to end.
 # Every step has its own time limit, capped so that the whole script stays within
 # GPU_CHECK_BUDGET seconds (default 300); a failing step does not stop the others, and the exit
 # status is non-zero if any step failed. Logs and JSON go to $OUT (default: ./gpu_check_out).
@@ -115,6 +119,37 @@ if [ "${GPU_CHECK_NO_EXPORT:-0}" != "1" ]; then
   echo "=== part 2: export and runtimes (bench/gpu_export_check.sh)"
   OUT="$OUT_DIR/export" timeout --kill-after=10 "${GPU_EXPORT_LIMIT:-240}" bash "$ROOT/bench/gpu_export_check.sh" \
     || failures+=("export")
+fi
+
+# Part 3: the classification search on the GPU (image decoding in loader processes, bf16/fp16 autocast,
+# channels-last); GPU_CHECK_NO_SEARCH=1 skips it; GPU_SEARCH_LIMIT (default 300) seconds in all.
+if [ "${GPU_CHECK_NO_SEARCH:-0}" != "1" ]; then
+  echo "=== part 3: classification search on $DEVICE"
+  SEARCH_START=$(date +%s)
+  search_left() { echo $((${GPU_SEARCH_LIMIT:-300} - ($(date +%s) - SEARCH_START))); }
+  TREE="$OUT_DIR/fmnist-tree"
+  if ! timeout 120 "$PY" scripts/write_image_folder.py --data fashion-mnist --out "$TREE" --limit 12000 \
+      >"$OUT_DIR/tree.log" 2>&1; then
+    echo "    Fashion-MNIST is not installed here: a generated 4-class colour folder instead"
+    TREE="$OUT_DIR/colour-tree"
+    "$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, '.');
+from tests.pruneopt.imagedata import make_image_folder
+make_image_folder(Path(sys.argv[1]), classes=4, per_class=600, held_out=100, size=(28, 28)); print(sys.argv[1])" \
+      "$TREE" >>"$OUT_DIR/tree.log" 2>&1
+  fi
+  tail -n 1 "$OUT_DIR/tree.log" | sed 's/^/    /'
+  timeout --kill-after=10 "$(( $(search_left) / 2 ))" "$PY" bench/search_throughput.py --data "$TREE" \
+    --devices "cpu,$DEVICE" --runners in-process -n 4 --json "$OUT_DIR/search_throughput.json" \
+    >"$OUT_DIR/search_throughput.log" 2>&1 || failures+=("search_throughput")
+  grep -E "candidates/hour" "$OUT_DIR/search_throughput.log" | sed 's/^/    /'
+  timeout --kill-after=10 "$(( $(search_left) - 10 ))" "$PY" -m pruneopt search --quick --data "$TREE" \
+    --samples 8 --refined-samples 8 --device "$DEVICE" --no-progress --force --out "$OUT_DIR/search_$DEVICE" \
+    >"$OUT_DIR/search.log" 2>&1 || failures+=("search")
+  tail -n 6 "$OUT_DIR/search.log" | sed 's/^/    /'
+  "$PY" -c "import json, sys; s = json.load(open(sys.argv[1])); p = s['parent']['input'];
+print(f\"search on {p['device']}: {s['candidates'].get('done', 0)} candidates, median {s['candidate_seconds_median']:.1f} s each \"
+      f\"({s['candidates_per_hour_per_worker']:.0f}/hour/worker), input {p['channels']}x{p['size'][0]}x{p['size'][1]}\")" \
+    "$OUT_DIR/search_$DEVICE/summary.json" 2>/dev/null | tee -a "$OUT_DIR/summary.txt" | sed 's/^/    /'
 fi
 
 if [ "${#failures[@]}" -gt 0 ]; then

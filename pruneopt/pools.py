@@ -7,6 +7,11 @@ worker by the search task named ``task`` from ``settings`` (:func:`pruneopt.task
 (this process) is the only writer of the results store. A worker sets its torch thread count explicitly
 (``threads``), so ``N`` workers on ``N * threads`` cores do not oversubscribe them, and runs with equal thread
 counts give identical results whichever pool is used.
+
+With ``devices`` (one entry per worker, e.g. ``cuda:0``, ``cuda:1``: :func:`pruneopt.devices.worker_devices`) each
+worker is pinned to its own device: its settings' ``device`` is replaced by its entry before its evaluator is built,
+and its name (stored with every candidate it scores) ends with it. Ray actors each request one GPU instead (Ray
+hides the others from them, so each sees its GPU as ``cuda:0``).
 """
 
 from __future__ import annotations
@@ -51,9 +56,19 @@ def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def make_evaluator(task: str, settings: dict[str, Any]) -> Evaluator:
-    """The evaluator of the search task ``task``, built from ``settings`` (in a worker)."""
-    return get_task(task).make_evaluator(settings)
+def make_evaluator(task: str, settings: dict[str, Any], device: str | None = None) -> Evaluator:
+    """The evaluator of the search task ``task``, built from ``settings`` (in a worker); ``device`` replaces the
+    settings' ``device`` where they have one."""
+    return get_task(task).make_evaluator(on_device(settings, device))
+
+
+def on_device(settings: dict[str, Any], device: str | None) -> dict[str, Any]:
+    """``settings`` for a worker pinned to ``device`` (unchanged without one, or when they name no device)."""
+    return settings if device is None or "device" not in settings else {**settings, "device": device}
+
+
+def worker_name(prefix: str, device: str | None) -> str:
+    return f"{prefix}{socket.gethostname()}:{os.getpid()}" + (f":{device}" if device else "")
 
 
 class EvaluationPool:
@@ -104,15 +119,16 @@ class InProcessPool(EvaluationPool):
     """Evaluate in the driver process, one candidate at a time (``--workers 1``); ``threads`` torch threads while
     the pool is open."""
 
-    def __init__(self, task: str, settings: dict[str, Any], threads: int | None = None) -> None:
+    def __init__(self, task: str, settings: dict[str, Any], threads: int | None = None,
+                 device: str | None = None) -> None:
         self._threads = ExitStack()
         self._threads.enter_context(torch_threads(threads or default_threads(1)))
         try:
-            self.evaluator = make_evaluator(task, settings)
+            self.evaluator = make_evaluator(task, settings, device)
         except BaseException:
             self._threads.close()
             raise
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker = worker_name("", device)
         self._done: dict[int, Outcome] = {}
 
     def _submit(self, job: CandidateJob) -> int:
@@ -129,10 +145,17 @@ class InProcessPool(EvaluationPool):
 _WORKER: tuple[Evaluator, str] | None = None
 
 
-def _init_worker(task: str, settings: dict[str, Any], threads: int) -> None:
+def _init_worker(task: str, settings: dict[str, Any], threads: int, devices: list[str] | None,
+                 counter: Any) -> None:
     global _WORKER
     torch.set_num_threads(threads)
-    _WORKER = (make_evaluator(task, settings), f"{socket.gethostname()}:{os.getpid()}")
+    device = None
+    if devices:
+        with counter.get_lock():  # the n-th worker to start takes the n-th device
+            index = counter.value
+            counter.value += 1
+        device = devices[index % len(devices)]
+    _WORKER = (make_evaluator(task, settings, device), worker_name("", device))
 
 
 def _run_in_worker(job: CandidateJob) -> Outcome:
@@ -141,14 +164,18 @@ def _run_in_worker(job: CandidateJob) -> Outcome:
 
 
 class LocalProcessPool(EvaluationPool):
-    """A pool of ``workers`` local processes (spawned, so each starts clean), ``threads`` torch threads each."""
+    """A pool of ``workers`` local processes (spawned, so each starts clean), ``threads`` torch threads each, each
+    pinned to its entry of ``devices`` when given."""
 
-    def __init__(self, task: str, settings: dict[str, Any], workers: int, threads: int | None = None) -> None:
+    def __init__(self, task: str, settings: dict[str, Any], workers: int, threads: int | None = None,
+                 devices: list[str] | None = None) -> None:
         if workers < 1:
             raise PruneoptError(f"--workers must be >= 1, got {workers}")
         self.workers = workers
-        self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                        initargs=(task, settings, threads or default_threads(workers)))
+        mp = get_context("spawn")
+        self.pool = ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker,
+                                        initargs=(task, settings, threads or default_threads(workers), devices,
+                                                  mp.Value("i", 0)))
 
     @property
     def window(self) -> int:
@@ -172,7 +199,7 @@ class RayActorPool(EvaluationPool):
     """
 
     def __init__(self, task: str, settings: dict[str, Any], workers: int, threads: int | None = None,
-                 address: str | None = None) -> None:
+                 address: str | None = None, gpus: bool = False) -> None:
         try:
             import ray
         except ImportError:
@@ -191,12 +218,13 @@ class RayActorPool(EvaluationPool):
                 kwargs["num_cpus"] = workers * threads
             ray.init(**kwargs)
 
-        @ray.remote(num_cpus=threads)
+        @ray.remote(**actor_options(threads, gpus))
         class EvalActor:
             def __init__(self, task: str, settings: dict[str, Any], threads: int) -> None:
                 torch.set_num_threads(threads)
-                self.evaluator = make_evaluator(task, settings)
-                self.worker = f"ray:{socket.gethostname()}:{os.getpid()}"
+                device = "cuda:0" if gpus else None  # Ray shows each actor its own GPU only
+                self.evaluator = make_evaluator(task, settings, device)
+                self.worker = worker_name("ray:", device)
 
             def evaluate(self, t: CandidateJob) -> Outcome:
                 return _evaluate(self.evaluator, t, self.worker)
@@ -227,15 +255,24 @@ class RayActorPool(EvaluationPool):
             self.ray.shutdown()
 
 
+def actor_options(threads: int, gpus: bool) -> dict[str, Any]:
+    """The resources a Ray evaluation actor requests: ``threads`` CPUs, and one GPU when ``gpus``."""
+    return {"num_cpus": threads, **({"num_gpus": 1} if gpus else {})}
+
+
 def make_evaluation_pool(backend: str, task: str, settings: dict[str, Any], workers: int,
-                         threads: int | None = None, address: str | None = None) -> EvaluationPool:
-    """The pool of ``backend`` (``local``: in this process for one worker, else processes; ``ray``: actors)."""
+                         threads: int | None = None, address: str | None = None,
+                         devices: list[str] | None = None) -> EvaluationPool:
+    """The pool of ``backend`` (``local``: in this process for one worker, else processes; ``ray``: actors), its
+    workers pinned to ``devices`` (Ray: one GPU per actor when any device is given)."""
+    if devices is not None and len(devices) < workers:
+        raise PruneoptError(f"{workers} workers need {workers} devices, got {len(devices)}")
     if backend == "local":
         if workers == 1:
-            return InProcessPool(task, settings, threads)
-        return LocalProcessPool(task, settings, workers, threads)
+            return InProcessPool(task, settings, threads, devices[0] if devices else None)
+        return LocalProcessPool(task, settings, workers, threads, devices)
     if backend == "ray":
-        return RayActorPool(task, settings, workers, threads, address)
+        return RayActorPool(task, settings, workers, threads, address, gpus=bool(devices))
     raise PruneoptError(f"unknown backend {backend!r}; choose local or ray")
 
 

@@ -1,9 +1,16 @@
 """``pruneopt search``: populations of subnetworks, their error distributions, R*, a refined space, a winner.
 
+Before the run folder is created, everything that can be checked without a trained parent is (:func:`preflight`):
+the task's data and parent (``check_inputs``), and -- when the task can say what its parent's spec will be
+(``planned_parent``) -- the pruning space: keep ratios, rounding, and that every regime's band yields the initial
+population and the uniform baseline. No bad option costs a parent training.
+
 Stages, each recorded in the run's store (``runs/NAME/search.db``) so that re-running the same command resumes
 where it stopped:
 
-1. **parent** -- the task loads or trains the parent; it is saved to ``runs/NAME/parent/``;
+1. **parent** -- the task loads or trains the parent; it is saved to ``runs/NAME/parent/``. A parent whose
+   validation error is near chance (it removes less than 10% of a guess's errors) stops the search with the
+   task's advice, unless ``force``;
 2. **initial** -- for every regime, sample ``samples`` subnetworks of the initial space and evaluate them;
 3. **analysis** -- per regime, a seeded bootstrap of R* (the FLOPs/params ratio of the best models);
 4. **refined** -- per regime, sample ``refined_samples`` fresh subnetworks with ``|R - R*| <= eps R*`` and
@@ -22,6 +29,7 @@ no branch per task.
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,9 +46,11 @@ from .checkpoint import load_subnet, save_subnet
 from .common.files import atomic_write_json
 from .common.threads import torch_threads
 from .complexity import count
+from .devices import resolve_device, worker_devices
 from .errors import PruneoptError
 from .models import ModelSpec
 from .pools import Outcome, evaluate_pending, make_evaluation_pool
+from .pretrained import spec_of
 from .report import render_report
 from .search_config import SearchConfig
 from .seeds import derive_seed
@@ -65,6 +75,8 @@ class Context:
     echo: bool = False  # without progress bars, print stage messages on stderr
     device: str = "cpu"  # for tasks that train on a chosen device
     data_dir: str | None = None  # for tasks whose data is found in a folder
+    loader_workers: int = 0  # for tasks that decode images in loader processes
+    force: bool = False  # go on with a parent near chance
     log: list[str] = field(default_factory=list)
 
     @property
@@ -90,15 +102,58 @@ def make_space(cfg: SearchConfig, parent: ModelSpec) -> PruningSpace:
     return PruningSpace(parent, c.r_min, c.r_max, c.round_to, input_hw(cfg))
 
 
+NEAR_CHANCE = 0.9  # a parent whose error is above this fraction of a guess's is "near chance"
+
+
+class ParentNearChance(PruneoptError):
+    """The parent is hardly better than a guess: a search on it would rank noise."""
+
+
+# -- checks before anything runs --------------------------------------------------------------------------------
+def preflight(cfg: SearchConfig, task: SearchTask, data_dir: str | None) -> None:
+    """Every check that needs no trained parent (see the module docstring); one-line errors."""
+    task.check_inputs(cfg, data_dir)
+    planned = getattr(task, "planned_parent", None)  # optional in the SearchTask protocol
+    if planned is not None:
+        check_space(cfg, planned(cfg, data_dir))
+
+
+def check_space(cfg: SearchConfig, parent: ModelSpec) -> None:
+    """The space around ``parent`` yields each regime's initial population (the same draws the search makes) and
+    its uniform-width baseline."""
+    c = cfg.common
+    space = make_space(cfg, parent)
+    for r in c.regimes:
+        regime = Regime(r, c.band)
+        space.sample(c.samples, regime, seed=derive_seed(c.seed, "sample", "initial", r))
+        uniform_spec(space, regime)
+
+
+def check_parent(ctx: Context, record: dict[str, Any]) -> None:
+    """Stop (unless ``ctx.force``) when the parent's validation error is near what a guess scores."""
+    chance, error = record.get("chance_error"), record.get("val_error")
+    if chance is None or error is None or error <= NEAR_CHANCE * chance:
+        return
+    if ctx.force:
+        ctx.say(f"warning: the parent's validation error {error:.3f} is near chance ({chance:.3f}); going on "
+                "(--force)")
+        return
+    advice = record.get("near_chance_advice") or "train it longer or pass a trained one"
+    raise ParentNearChance(f"the parent's validation error {error:.3f} is near chance ({chance:.3f}): a search on "
+                           f"it would rank noise; {advice}; --force goes on anyway")
+
+
 # -- stages ---------------------------------------------------------------------------------------------------
 def stage_parent(ctx: Context) -> Path:
     pdir = ctx.root / "parent"
-    if ctx.store.stage("parent") is not None and (pdir / "weights.safetensors").is_file():
-        return pdir
-    prepared = ctx.task.prepare_parent(ctx, pdir)
-    save_subnet(prepared.model, pdir, ctx.task.preprocess(ctx.cfg))
-    ctx.store.set_stage("parent", prepared.record)
-    ctx.say(prepared.message)
+    record = ctx.store.stage("parent")
+    if record is None or not (pdir / "weights.safetensors").is_file():
+        prepared = ctx.task.prepare_parent(ctx, pdir)
+        save_subnet(prepared.model, pdir, ctx.task.preprocess(ctx.cfg))
+        record = prepared.record
+        ctx.store.set_stage("parent", record)
+        ctx.say(prepared.message)
+    check_parent(ctx, record)
     return pdir
 
 
@@ -124,8 +179,8 @@ def evaluate_all(ctx: Context, settings: dict[str, Any], space: str) -> None:
     """Evaluate every pending candidate of ``space`` (again, while failed ones have attempts left)."""
     label = f"{space} space"
     while jobs := ctx.store.pending(space=space):
-        with make_evaluation_pool(ctx.backend, ctx.cfg.task, settings, ctx.workers, ctx.threads,
-                                  ctx.address) as pool:
+        with make_evaluation_pool(ctx.backend, ctx.cfg.task, settings, ctx.workers, ctx.threads, ctx.address,
+                                  worker_devices(ctx.device, ctx.workers)) as pool:
             evaluate_pending(ctx.store, pool, jobs, _Ticker(ctx, label, len(jobs)))
 
 
@@ -196,7 +251,7 @@ def stage_finals(ctx: Context, parent_dir: Path) -> None:
     cfg, store, task = ctx.cfg, ctx.store, ctx.task
     winner = stage_winner(ctx)
     parent = load_subnet(parent_dir)
-    space = make_space(cfg, parent.spec)
+    space = make_space(cfg, spec_of(parent))
     regime = Regime(cfg.common.regimes[0], cfg.common.band)
     models = {
         "winner": ModelSpec.from_json(winner["spec"]),
@@ -207,7 +262,7 @@ def stage_finals(ctx: Context, parent_dir: Path) -> None:
     if not pending:
         return
     hw = input_hw(cfg)
-    parent_macs = count(parent.spec, hw).macs
+    parent_macs = count(spec_of(parent), hw).macs
     for final in task.finetune_finals(ctx, parent_dir, parent, pending):
         spec = pending[final.name]
         c = count(spec, hw)
@@ -222,26 +277,31 @@ def stage_finals(ctx: Context, parent_dir: Path) -> None:
 
 def run_search(cfg: SearchConfig, out: str | Path, *, workers: int = 1, backend: str = "local",
                address: str | None = None, threads: int | None = None, data_dir: str | None = None,
-               show_progress: bool = True, echo: bool = False, device: str = "cpu") -> dict[str, Any]:
+               show_progress: bool = True, echo: bool = False, device: str = "cpu", loader_workers: int = 0,
+               force: bool = False) -> dict[str, Any]:
     """Run (or resume) a search into ``out``; returns the summary (also written to ``out/summary.json``).
 
     ``show_progress`` draws progress bars; without them, ``echo`` prints each stage's result on stderr.
-    ``data_dir`` is where the task finds its data (classification: Fashion-MNIST); ``device`` is where a task that
-    trains on a chosen device (reid) does (``cpu`` or ``cuda[:N]``). Like ``threads`` and ``workers`` they are
-    run-time choices, not part of the config.
+    ``data_dir`` is where the task finds its data (classification: Fashion-MNIST, CIFAR); ``device`` is where a
+    task that trains on a chosen device does (``cpu``, ``cuda`` -- each worker on its own GPU -- or ``cuda:N``);
+    ``loader_workers`` decode images for tasks that read image files; ``force`` goes on with a parent near chance.
+    Like ``threads`` and ``workers`` they are run-time choices, not part of the config.
     """
     root = Path(out)
     task = get_task(cfg.task)
-    task.check_inputs(cfg, data_dir)  # fail early (one clear message), before the run folder exists
+    device = resolve_device(device)  # never silently on another device than the one asked for
+    preflight(cfg, task, data_dir)  # fail early (one clear message), before the run folder exists
     with Store.open(root, cfg.to_dict()) as store, _progress(show_progress) as progress, torch_threads(threads):
         # an explicit ``threads`` applies to the driver's own training too (equal settings, identical runs)
         atomic_write_json(root / "config.json", cfg.to_dict())
         ctx = Context(cfg, root, store, workers, backend, address, threads, progress, echo=echo, device=device,
-                      data_dir=data_dir)
+                      data_dir=data_dir, loader_workers=loader_workers, force=force)
+        if store.reused:
+            _start_afresh(ctx, store.reused)
         parent_dir = stage_parent(ctx)
         parent_model = load_subnet(parent_dir)
         settings = task.worker_settings(ctx, parent_dir)
-        space = make_space(cfg, parent_model.spec)
+        space = make_space(cfg, spec_of(parent_model))
         c = cfg.common
         for r in c.regimes:
             add_population(ctx, space, "initial", r, c.samples)
@@ -255,6 +315,18 @@ def run_search(cfg: SearchConfig, out: str | Path, *, workers: int = 1, backend:
             stage_compare(ctx, r)
         stage_finals(ctx, parent_dir)
         return render_report(store, root)
+
+
+def _start_afresh(ctx: Context, changes: str) -> None:
+    """A run folder with no finished candidate took new options: drop what its old config left behind (the parent
+    and its checkpoints, final fine-tunes, the winner), except a folder holding the new config's own ``--parent``."""
+    given = ctx.cfg.common.parent
+    for name in ("parent", "final", "winner"):
+        folder = ctx.root / name
+        if folder.is_dir() and not (given and Path(given).resolve().is_relative_to(folder.resolve())):
+            shutil.rmtree(folder)
+    ctx.say(f"{ctx.root}: no candidate had finished, so the folder is re-used with the new options ({changes}); "
+            "it starts afresh")
 
 
 @contextmanager

@@ -5,6 +5,10 @@ error, latency, wall time, worker, message), an append-only log of finished eval
 run's finished stages (parent, analysis, winner, final numbers), so that a report can be re-rendered from the
 database alone.
 
+A run folder keeps the config it was created with: re-running with other options is refused while any candidate
+has finished (its results belong to that config), but a folder in which none has may be re-used -- the store then
+takes the new config, forgets the old run's stages and queued candidates, and says so (:attr:`Store.reused`).
+
 Crash safety: every state change is one transaction. A run killed at any moment (even with SIGKILL) leaves a
 consistent database; on reopening, candidates left ``running`` go back to ``queued`` and finished ones are never
 evaluated again. Only one process drives a run at a time (an exclusive lock on ``runs/NAME/.lock``).
@@ -85,6 +89,7 @@ class Store:
     def __init__(self, path: Path, max_attempts: int = 3) -> None:
         self.path = path
         self.max_attempts = max_attempts
+        self.reused: str | None = None  # "key: old -> new, ..." when a run with nothing finished took a new config
         self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -103,7 +108,8 @@ class Store:
         """Open (creating if needed) the store of ``run_dir``.
 
         With ``config``, a new run records it and an existing run must have been created with the same one
-        (:class:`RunConfigMismatch` otherwise). Unless ``readonly``, takes the run's exclusive lock
+        (:class:`RunConfigMismatch` otherwise), unless none of its candidates has finished: then it starts afresh
+        with ``config`` (:attr:`reused` says what changed). Unless ``readonly``, takes the run's exclusive lock
         (:class:`RunInUse` if another process holds it) and requeues candidates a crash left ``running``.
         """
         root = Path(run_dir)
@@ -135,13 +141,22 @@ class Store:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 return
         old = json.loads(row["value"])
-        if old != json.loads(text):
-            keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in keys[:4])
-            raise RunConfigMismatch(
-                f"{self.path.parent} was created with a different config ({diffs}); use a new --out folder, or "
-                "repeat the original options to resume"
-            )
+        if old == json.loads(text):
+            return
+        keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in keys[:4])
+        with self.transaction():
+            done = self.db.execute("SELECT COUNT(*) FROM candidates WHERE status = 'done'").fetchone()[0]
+            if done == 0:  # nothing the old config produced is kept: take the new one
+                for table in ("evaluations", "candidates", "stages"):
+                    self.db.execute(f"DELETE FROM {table}")
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (text,))
+                self.reused = diffs
+                return
+        raise RunConfigMismatch(
+            f"{self.path.parent} was created with a different config ({diffs}) and {done} of its candidates have "
+            "finished; use a new --out folder, or repeat the original options to resume"
+        )
 
     def config(self) -> dict[str, Any]:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()

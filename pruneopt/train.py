@@ -1,15 +1,21 @@
-"""Classification training pieces shared by the search: parent training, short fine-tunes, adaptive batch norm,
-and top-1 error.
+"""Classification training pieces shared by the search: parent training, head training, short fine-tunes, adaptive
+batch norm, and top-1 error.
 
-Every random choice (data order, augmentation) is drawn from generators seeded by ``(seed, epoch)`` or by the
-caller's seed, never from global state, so that a run resumed from an epoch checkpoint, or a candidate evaluated in
-another process, gives bit-identical results on the same machine and thread count.
+Inputs come from :func:`pruneopt.loader.batches` with a :class:`~pruneopt.loader.Feed` (default: Fashion-MNIST's,
+on the CPU). Every random choice (data order, augmentation) is drawn from generators seeded by ``(seed, epoch)`` or
+by the caller's seed, never from global state, so that a run resumed from an epoch checkpoint, or a candidate
+evaluated in another process, gives bit-identical results on the same machine and thread count.
+
+On a CUDA device the model and its inputs are channels-last and each step runs under autocast
+(:func:`pruneopt.devices.precision_for`: bfloat16, or float16 with a gradient scaler); on the CPU a step is plain
+float32, as it has always been.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common.files import atomic_write
-from .data.fashion_mnist import MEAN, STD, Split
+from .data.splits import FileSplit, Split
+from .devices import Precision, is_cuda, precision_for
+from .errors import PruneoptError
+from .loader import FASHION_MNIST, Feed, augment, batches, in_order, to_input
+
+__all__ = ["TrainConfig", "augment", "batches", "finetune", "recalibrate_bn", "to_input", "top1_error", "train"]
+
+Data = Split | FileSplit
 
 
 @dataclass(frozen=True)
@@ -38,45 +51,15 @@ class TrainConfig:
         return asdict(self)
 
 
-def to_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``[N, H, W]`` -> normalised float ``[N, 1, H, W]``."""
-    return torch.from_numpy(images).float().div_(255.0).sub_(MEAN).div_(STD).unsqueeze(1)
-
-
-def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random crop after zero-padding (padding is the normalised black level) and random horizontal flip."""
-    n, _, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad), value=-MEAN / STD)
-    offs = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
-    out = torch.stack([xp[i, :, oy:oy + h, ox:ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
-    flip = torch.rand(n, generator=gen) < 0.5
-    out[flip] = out[flip].flip(-1)
-    return out
-
-
-def batches(split: Split, batch_size: int, gen: torch.Generator, train: bool = True) -> Iterator[
-        tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled (and augmented) mini-batches of one pass over ``split``; the last partial batch is dropped."""
-    order = torch.randperm(len(split), generator=gen).numpy()
-    for start in range(0, len(order) - batch_size + 1, batch_size):
-        idx = np.sort(order[start:start + batch_size])
-        x = to_input(split.images[idx])
-        if train:
-            x = augment(x, gen)
-        yield x, torch.from_numpy(split.labels[idx])
-
-
 def _generator(*seed: int) -> torch.Generator:
     # fold a tuple of ints into one 63-bit seed, stably across runs
     s = np.random.SeedSequence(list(seed)).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(s[0]) << 31 | int(s[1]) >> 1)
 
 
-def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in model.parameters():
-        (no_decay if p.dim() <= 1 else decay).append(p)  # no weight decay on batch norm and biases
+def _sgd(params: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    decay = [p for p in params if p.dim() > 1]
+    no_decay = [p for p in params if p.dim() <= 1]  # no weight decay on batch norm and biases
     return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
                            lr=lr, momentum=momentum, nesterov=True)
 
@@ -88,66 +71,142 @@ def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
+def place(model: nn.Module, feed: Feed) -> nn.Module:
+    """``model`` on the feed's device (channels-last on a GPU); on the CPU it is left as it is."""
+    if is_cuda(feed.device):
+        model.to(torch.device(feed.device))
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # missing from torch's stubs
+    return model
+
+
+def autocast(device: str, precision: Precision | None = None) -> AbstractContextManager[object]:
+    """The autocast of ``precision`` (default: the device's) on ``device``; nothing on float32."""
+    precision = precision_for(device) if precision is None else precision
+    if precision.dtype is None:
+        return nullcontext()
+    return torch.autocast("cuda" if is_cuda(device) else "cpu", dtype=precision.dtype)
+
+
+class Stepper:
+    """One optimisation step on a batch: forward under the precision's autocast, backward (scaled for float16),
+    optimizer step."""
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, feed: Feed,
+                 precision: Precision | None = None) -> None:
+        self.model, self.opt, self.feed = model, opt, feed
+        self.precision = precision_for(feed.device) if precision is None else precision
+        self.device_type = "cuda" if is_cuda(feed.device) else "cpu"
+        self.scaler = torch.amp.GradScaler(self.device_type) if self.precision.scaler else None
+
+    def autocast(self) -> AbstractContextManager[object]:
+        return autocast(self.feed.device, self.precision)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if is_cuda(self.feed.device):
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            loss = F.cross_entropy(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        return loss
+
+    def state(self) -> dict[str, object]:
+        return {} if self.scaler is None else {"scaler": self.scaler.state_dict()}
+
+    def load(self, state: dict[str, object]) -> None:
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])  # type: ignore[arg-type]
+
+
+def _trainable(model: nn.Module, only: str | None) -> list[nn.Parameter]:
+    """Every parameter, or (``only``: a module name) that module's, the others frozen."""
+    if only is None:
+        return list(model.parameters())
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(only + "."))
+        if p.requires_grad:
+            params.append(p)
+    return params
+
+
 def train(
     model: nn.Module,
-    data: Split,
+    data: Data,
     cfg: TrainConfig,
     seed: int,
     checkpoint: str | Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    *,
+    feed: Feed = FASHION_MNIST,
+    precision: Precision | None = None,
+    only: str | None = None,
 ) -> nn.Module:
     """Train for ``cfg.epochs`` epochs; with ``checkpoint``, save after every epoch and resume from it.
 
-    ``progress(step, total_steps, loss)`` is called after every step.
+    ``progress(step, total_steps, loss)`` is called after every step. With ``only`` (a module name, e.g. ``fc``),
+    only that module learns and the rest stays frozen, batch norm included (eval mode).
     """
     steps_per_epoch = len(data) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
-    opt = _sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    place(model, feed)
+    opt = _sgd(_trainable(model, only), cfg.lr, cfg.momentum, cfg.weight_decay)
+    step_fn = Stepper(model, opt, feed, precision)
     start_epoch = 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = torch.load(ckpt, map_location=feed.device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        step_fn.load(state)
         start_epoch = int(state["epoch"])
-    model.train()
+    model.train(only is None)
     for epoch in range(start_epoch, cfg.epochs):
         gen = _generator(seed, epoch)
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=_generator(seed, epoch, 1))))  # dropout
-        for i, (x, y) in enumerate(batches(data, cfg.batch_size, gen)):
+        for i, (x, y) in enumerate(batches(data, cfg.batch_size, gen, feed=feed)):
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg.lr, cfg.warmup_steps)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = step_fn(x, y)
             if progress is not None:
                 progress(step + 1, total, loss.item())
         if ckpt is not None:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1}
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                     **step_fn.state()}
             atomic_write(ckpt, partial(torch.save, state))
+    if only is not None:
+        for p in model.parameters():
+            p.requires_grad_(True)
     return model
 
 
-def finetune(model: nn.Module, data: Split, steps: int, batch_size: int, lr: float, seed: int,
-             weight_decay: float = 5e-4) -> nn.Module:
+def finetune(model: nn.Module, data: Data, steps: int, batch_size: int, lr: float, seed: int,
+             weight_decay: float = 5e-4, *, feed: Feed = FASHION_MNIST, precision: Precision | None = None
+             ) -> nn.Module:
     """A short fine-tune: ``steps`` SGD steps with a cosine learning rate (the same budget for every candidate)."""
     if steps <= 0:
         return model
-    opt = _sgd(model, lr, 0.9, weight_decay)
+    if len(data) < batch_size:  # no full batch: the loop below would never end
+        raise PruneoptError(f"{len(data)} training images cannot fill one fine-tune batch of {batch_size}")
+    place(model, feed)
+    opt = _sgd(list(model.parameters()), lr, 0.9, weight_decay)
+    step_fn = Stepper(model, opt, feed, precision)
     model.train()
     gen = _generator(seed, 0)
     torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=_generator(seed, 1))))  # dropout
     step = 0
     while step < steps:
-        for x, y in batches(data, batch_size, gen):
+        for x, y in batches(data, batch_size, gen, feed=feed):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, steps, lr, 0)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            step_fn(x, y)
             step += 1
             if step >= steps:
                 break
@@ -155,33 +214,46 @@ def finetune(model: nn.Module, data: Split, steps: int, batch_size: int, lr: flo
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, data: Split, num_batches: int, batch_size: int, seed: int) -> nn.Module:
+def recalibrate_bn(model: nn.Module, data: Data, num_batches: int, batch_size: int, seed: int, *,
+                   feed: Feed = FASHION_MNIST) -> nn.Module:
     """Adaptive batch norm: re-estimate running statistics on a few training batches (train mode, no gradients)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or num_batches <= 0:
         return model
+    place(model, feed)
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the calibration batches
     model.train()
     gen = _generator(seed, 1)
-    for i, (x, _) in enumerate(batches(data, batch_size, gen, train=False)):
-        if i >= num_batches:
-            break
-        model(x)
+    for x, _ in _first(batches(data, batch_size, gen, train=False, feed=feed), num_batches):
+        model(_layout(x, feed))
     for m, mom in saved:
         m.momentum = mom
     return model
 
 
+def _first(it: Iterator[tuple[torch.Tensor, torch.Tensor]], n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i, item in enumerate(it):
+        if i >= n:
+            return
+        yield item
+
+
+def _layout(x: torch.Tensor, feed: Feed) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if is_cuda(feed.device) else x
+
+
 @torch.no_grad()
-def top1_error(model: nn.Module, data: Split, batch_size: int = 500) -> float:
+def top1_error(model: nn.Module, data: Data, batch_size: int = 500, *, feed: Feed = FASHION_MNIST) -> float:
     """Top-1 error (fraction in [0, 1]) of ``model`` on ``data``, in eval mode."""
+    place(model, feed)
     model.eval()
-    wrong = 0
-    for start in range(0, len(data), batch_size):
-        x = to_input(data.images[start:start + batch_size])
-        pred = model(x).argmax(1)
-        wrong += int((pred != torch.from_numpy(data.labels[start:start + batch_size])).sum())
-    return wrong / len(data)
+    wrong = seen = 0
+    with autocast(feed.device):
+        for x, y in in_order(data, batch_size, feed):
+            pred = model(_layout(x, feed)).argmax(1)
+            wrong += int((pred != y).sum())
+            seen += len(y)
+    return wrong / max(1, seen)

@@ -1,4 +1,4 @@
-"""The ``pruneopt`` command line: one group, its commands defined in :mod:`.structure` (count, space, sample),
+"""The ``pruneopt`` command line: one group, its commands defined in :mod:`.structure` (count, space, sample, thin),
 :mod:`.search_cmds` (search, analyze) and :mod:`.deploy` (export, bench), which do not import the group.
 
 Errors follow :func:`pruneopt.common.cli.run_cli`: bad input (a :class:`~pruneopt.errors.PruneoptError` or a usage
@@ -17,7 +17,7 @@ from ..common.cli import run_cli
 from ..errors import PruneoptError
 from .deploy import bench_cmd, export_cmd
 from .search_cmds import analyze_cmd, search_cmd
-from .structure import count_cmd, sample_cmd, space_cmd
+from .structure import count_cmd, sample_cmd, space_cmd, thin_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -30,7 +30,7 @@ def cli() -> None:
     """
 
 
-for _command in (count_cmd, space_cmd, sample_cmd, search_cmd, analyze_cmd, export_cmd, bench_cmd):
+for _command in (count_cmd, space_cmd, sample_cmd, thin_cmd, search_cmd, analyze_cmd, export_cmd, bench_cmd):
     cli.add_command(_command)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..devices import default_workers, resolve_device
 from ..errors import PruneoptError
 from ..report import render_report
 from ..search import run_search
@@ -17,7 +19,12 @@ from ..tasks.registry import available_tasks, get_task
 from ..tasks.sections import CommonConfig, field_names, option_name
 from .task_options import TaskOptionsCommand
 
-RUNTIME_DEFAULTS: dict[str, Any] = {"data_dir": None, "device": "cpu"}  # run-time options some tasks use
+RUNTIME_DEFAULTS: dict[str, Any] = {"data_dir": None, "device": "auto", "loader_workers": None}  # some tasks use
+
+
+def default_loader_workers() -> int:
+    """Image-decoding processes when --loader-workers is not given: the cores but one, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
 @click.command("search", cls=TaskOptionsCommand)
@@ -27,21 +34,27 @@ RUNTIME_DEFAULTS: dict[str, Any] = {"data_dir": None, "device": "cpu"}  # run-ti
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder (runs/NAME); re-running the same command resumes it.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="For tasks that read their data from a folder (classification: the Fashion-MNIST files; default: "
-                   "$PRUNEOPT_DATA, /usr/share/datasets, the user cache).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Candidates evaluated in parallel (processes, or Ray actors).")
+              help="Where a named data set's files are (classification: --data fashion-mnist, cifar10, cifar100), "
+                   "and only there; default for Fashion-MNIST: $PRUNEOPT_DATA, /usr/share/datasets, the user cache.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Candidates evaluated in parallel (processes, or Ray actors) [1; one per visible GPU with "
+                   "--device cuda].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads of each worker and, when given, of this process's own training "
                    "[cores / workers; all cores]. Equal settings give identical results.")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", default=None, help="Ray cluster address (e.g. auto); default: start a local Ray.")
-@click.option("--device", default=RUNTIME_DEFAULTS["device"], show_default=True,
-              help="For tasks that fine-tune on a chosen device: cpu or cuda[:N]; a runtime choice, not part of the "
-                   "config.")
+@click.option("--device", default=RUNTIME_DEFAULTS["device"], show_default=True, metavar="auto|cpu|cuda|cuda:N",
+              help="Where training runs: auto (cuda when torch sees a GPU), cpu, cuda (each worker on its own GPU: "
+                   "bf16 or fp16 autocast, channels-last) or cuda:N; a runtime choice, not part of the config.")
+@click.option("--loader-workers", type=click.IntRange(min=0), default=None,
+              help="Processes decoding and augmenting image files (image folders) [cores - 1, at most 8; 0: in the "
+                   "training process].")
+@click.option("--force", is_flag=True, help="Go on when the parent's validation error is near chance.")
 @click.option("--no-progress", is_flag=True, help="No progress bars: print each stage's result on stderr instead.")
-def search_cmd(task: str, quick: bool, out: Path, data_dir: Path | None, workers: int, threads: int | None,
-               backend: str, address: str | None, device: str, no_progress: bool, **config_values: Any) -> None:
+def search_cmd(task: str, quick: bool, out: Path, data_dir: Path | None, workers: int | None, threads: int | None,
+               backend: str, address: str | None, device: str, loader_workers: int | None, force: bool,
+               no_progress: bool, **config_values: Any) -> None:
     """Search a pruning space: evaluate populations of subnetworks, find the winning FLOPs/params ratio R*,
     refine the space around it, and deliver a winner (runs/NAME/winner) with a report.
 
@@ -51,22 +64,32 @@ def search_cmd(task: str, quick: bool, out: Path, data_dir: Path | None, workers
     \b
     pruneopt search --arch resnet20 --data fashion-mnist --regimes 0.5 --samples 64 --out runs/r20 --workers 2
     pruneopt search --quick --out runs/demo
+    an image folder (ROOT/train/CLASS/*.jpg + ROOT/val/CLASS/*.jpg, or one ROOT/CLASS/* tree):
+      pruneopt search --data ~/data/flowers --arch resnet18 --out runs/flowers
+    CIFAR-10/100 in its python-pickle folder:
+      pruneopt search --data cifar10 --data-dir ~/data/cifar-10-batches-py --arch resnet56 --out runs/c10
+    your own trained network, a torchvision-named state dict (head replaced when the classes differ):
+      pruneopt search --data ~/data/flowers --parent resnet18-f37072fd.pth --head-epochs 2 --out runs/fl-r18
+    on the GPUs (one worker per visible GPU; Ray: --backend ray):
+      pruneopt search --data ~/imagenet --parent resnet50.pth --device cuda --regimes 0.5 --out runs/r50
     """
     t = get_task(task)
     given = {name: value for name, value in config_values.items() if value is not None}
     stray = [name for name in given if name not in field_names(CommonConfig) and name not in field_names(t.section)]
     if stray:
         raise PruneoptError(misplaced_message(stray, task))
-    runtime = {"data_dir": data_dir, "device": device}
+    runtime = {"data_dir": data_dir, "device": device, "loader_workers": loader_workers}
     for name, value in runtime.items():
         if value != RUNTIME_DEFAULTS[name] and name not in t.runtime_options:
             users = [n for n in available_tasks() if name in get_task(n).runtime_options]
             raise PruneoptError(f"{option_name(name)} applies to --task {' or '.join(users)} only")
     values = t.from_command_line(given)
     cfg = SearchConfig.preset("quick", task, **values) if quick else SearchConfig(task, **values)
-    summary = run_search(cfg, out, workers=workers, backend=backend, address=address, threads=threads,
-                         data_dir=str(data_dir) if data_dir else None, show_progress=not no_progress, echo=True,
-                         device=device)
+    device = resolve_device(device) if device == "auto" else device  # checked against torch by run_search
+    summary = run_search(cfg, out, workers=workers or default_workers(device), backend=backend, address=address,
+                         threads=threads, data_dir=str(data_dir) if data_dir else None, show_progress=not no_progress,
+                         echo=True, device=device, force=force,
+                         loader_workers=default_loader_workers() if loader_workers is None else loader_workers)
     print_summary(summary, out)
 
 

@@ -1,4 +1,4 @@
-"""``pruneopt count``, ``pruneopt space`` and ``pruneopt sample``."""
+"""``pruneopt count``, ``pruneopt space``, ``pruneopt sample`` and ``pruneopt thin``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ from pathlib import Path
 
 import click
 
+from ..checkpoint import load_subnet, save_subnet
 from ..common.files import atomic_write
 from ..complexity import Complexity, count, count_module, parse_input
 from ..errors import PruneoptError
 from ..models import ModelSpec, get_arch, list_archs
+from ..preprocess import read_preprocess
+from ..pretrained import is_state_file, load_state_dict_parent, spec_of
 from ..space import PruningSpace, Regime
+from ..thinning import CRITERIA, thin
 
 
 def _spec_options(f):  # noqa: ANN001, ANN202 - decorator
@@ -156,3 +160,72 @@ def sample_cmd(arch, spec_path, input_, num_classes, last_stride, r_min, r_max, 
         f"R {ratio.min():.1f}..{ratio.max():.1f}" + (f" -> {out}" if out is not None and str(out) != "-" else ""),
         err=True,
     )
+
+
+def read_spec_arg(text: str, line: int | None) -> ModelSpec:
+    """``--spec``: a JSON line (a ``pruneopt sample`` record or a bare spec), a spec.json file or a folder holding
+    one, or a JSON-lines file (its ``line``-th line; its only line when ``line`` is not given)."""
+    source = text.strip()
+    if not source.startswith("{"):
+        path = Path(text)
+        if path.is_dir() or path.suffix == ".json":
+            if line is not None:
+                raise PruneoptError("--line applies to a JSON-lines --spec file only")
+            return ModelSpec.load(path)
+        try:
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        except OSError as exc:
+            raise PruneoptError(f"--spec {text}: cannot read ({exc.strerror or exc})") from None
+        if line is None and len(lines) != 1:
+            raise PruneoptError(f"--spec {text} holds {len(lines)} lines; pick one with --line N (1 to {len(lines)})")
+        index = 1 if line is None else line
+        if not 1 <= index <= len(lines):
+            raise PruneoptError(f"--line {index}: --spec {text} has {len(lines)} lines")
+        source = lines[index - 1]
+    elif line is not None:
+        raise PruneoptError("--line applies to a JSON-lines --spec file only")
+    try:
+        data = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise PruneoptError(f"--spec: not JSON ({exc.msg} at column {exc.colno})") from None
+    return ModelSpec.from_dict(data.get("spec", data) if isinstance(data, dict) else data)
+
+
+@click.command("thin")
+@click.option("--parent", required=True, type=click.Path(exists=True, path_type=Path), metavar="DIR|FILE",
+              help="The trained parent: a subnetwork folder (spec.json + weights.safetensors) or a state-dict file "
+                   "(.pth, .pt, .safetensors) in torchvision naming.")
+@click.option("--arch", default=None, metavar="NAME", help="A state-dict parent's architecture [found from its keys].")
+@click.option("--spec", "spec_text", required=True, metavar="FILE|JSONL-LINE",
+              help="The subnetwork: a line of `pruneopt sample` output (or a bare spec) as JSON, a spec.json (or its "
+                   "folder), or a JSON-lines file (with --line).")
+@click.option("--line", type=click.IntRange(min=1), default=None, help="The line of a JSON-lines --spec file.")
+@click.option("--criterion", type=click.Choice(list(CRITERIA)), default="l1", show_default=True,
+              help="Filter importance: l1 (largest-L1 filters), l2, or bn (batch-norm scale).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The subnetwork folder to write (spec.json, weights.safetensors, and preprocess.json when the "
+                   "parent has one).")
+def thin_cmd(parent: Path, arch: str | None, spec_text: str, line: int | None, criterion: str, out: Path) -> None:
+    """Cut a subnetwork out of a trained parent, keeping each group's most important filters (largest L1 norm).
+
+    For people who drive the sampling themselves: the spec comes from `pruneopt sample`, or any tool that writes
+    one. The result is a subnetwork folder, ready to fine-tune, count or export.
+
+    \b
+    pruneopt sample --spec runs/demo/parent --input 1x28x28 --regime 0.5 -n 10 --out samples.jsonl
+    pruneopt thin --parent runs/demo/parent --spec samples.jsonl --line 3 --out runs/sub3
+    pruneopt thin --parent resnet50.pth --spec "$(head -n 1 samples.jsonl)" --out runs/r50-half
+    """
+    model = load_state_dict_parent(parent, arch) if is_state_file(parent) else load_subnet(parent)
+    pspec = spec_of(model)
+    if arch is not None and not is_state_file(parent) and get_arch(arch).name != pspec.arch:
+        raise PruneoptError(f"--parent {parent} is a {pspec.arch}, not a {arch}")
+    spec = read_spec_arg(spec_text, line)
+    child = thin(model, spec, criterion)
+    preprocess = None if is_state_file(parent) else read_preprocess(parent)
+    save_subnet(child, out, preprocess)
+    hw = preprocess.input_shape[1:] if preprocess else get_arch(spec.arch).default_input[1:]
+    c, p = count(spec, hw), count(pspec, hw)
+    click.echo(f"{out}: {spec.arch} subnetwork, {c.macs / 1e6:,.2f} M MACs at {hw[0]}x{hw[1]} ({c.macs / p.macs:.3f} "
+               f"of the parent), {c.params:,} params, R = {c.ratio:.1f}; {criterion} filters kept"
+               + ("; preprocess.json copied" if preprocess else ""))

@@ -1,20 +1,21 @@
 """Fashion-MNIST (Xiao et al. 2017) from its standard IDX files.
 
 The four files ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz`` and
-``t10k-labels-idx1-ubyte.gz`` (gzipped or not) are looked for, in order, in:
+``t10k-labels-idx1-ubyte.gz`` (gzipped or not) are looked for in the ``data_dir`` argument (``--data-dir``) when one
+is given -- there only: a folder that does not hold them is an error, never a silent fallback to another copy --
+and otherwise, in order, in:
 
-1. the ``data_dir`` argument (``--data-dir``),
-2. ``$PRUNEOPT_DATA``,
-3. ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package),
-4. the user cache, ``$XDG_CACHE_HOME/pruneopt/fashion-mnist`` (default ``~/.cache/pruneopt/fashion-mnist``),
+1. ``$PRUNEOPT_DATA``,
+2. ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist`` package),
+3. the user cache, ``$XDG_CACHE_HOME/pruneopt/fashion-mnist`` (default ``~/.cache/pruneopt/fashion-mnist``),
 
 each as given and with the sub-folders ``fashion-mnist/`` and ``FashionMNIST/raw/`` (torchvision's layout). Only
-when ``download=True`` are missing files fetched, from the dataset's official mirror, into the user cache, and
-checked against the published MD5 sums. Otherwise a :class:`DataNotFoundError` names every place searched and
-how to get the files.
+when ``download=True`` (and no ``data_dir`` is given) are missing files fetched, from the dataset's official
+mirror, into the user cache, and checked against the published MD5 sums. Otherwise a :class:`DataNotFoundError`
+names every place searched and how to get the files.
 
 The validation split is carved from the training set, deterministically and stratified by class
-(:func:`train_val_split`): val scores candidates during a search, test is kept for the final number only.
+(:func:`~.splits.train_val_split`): val scores candidates during a search, test is kept for the final number only.
 
 This module does not import torch: the serving side (``reidserve demo-gallery``) reads the same files with it.
 """
@@ -34,6 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataNotFoundError, PruneoptError
+from .splits import Split, train_val_split
+
+__all__ = ["CLASSES", "MEAN", "STD", "FashionMNIST", "Split", "load_fashion_mnist", "locate", "read_idx", "read_split",
+           "search_dirs", "train_val_split"]
 
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FILES = {
@@ -46,10 +51,11 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 MEAN, STD = 0.2860, 0.3530  # of the training images scaled to [0, 1]
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 SUBDIRS = ("", "fashion-mnist", "FashionMNIST/raw")
-HOW_TO_GET = (
+HOW_TO_GET_FILES = (
     "get the four IDX files with 'apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or from "
-    "https://github.com/zalandoresearch/fashion-mnist into one of those folders, or pass --download"
+    "https://github.com/zalandoresearch/fashion-mnist into one of those folders"
 )
+HOW_TO_GET = HOW_TO_GET_FILES + ", or pass --download"
 
 
 def cache_dir() -> Path:
@@ -58,10 +64,11 @@ def cache_dir() -> Path:
 
 
 def search_roots(data_dir: str | Path | None = None) -> list[Path]:
-    """The places the loader looks in, in order (each also with the sub-folders in ``SUBDIRS``)."""
-    roots: list[Path] = []
+    """The places the loader looks in, in order (each also with the sub-folders in ``SUBDIRS``): ``data_dir`` alone
+    when it is given."""
     if data_dir is not None:
-        roots.append(Path(data_dir))
+        return [Path(data_dir)]
+    roots: list[Path] = []
     if os.environ.get("PRUNEOPT_DATA"):
         roots.append(Path(os.environ["PRUNEOPT_DATA"]))
     return roots + [SYSTEM_DIR, cache_dir()]
@@ -142,17 +149,6 @@ def _md5(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class Split:
-    """Images (uint8, [N, 28, 28]) and labels (int64, [N])."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass(frozen=True)
 class FashionMNIST:
     train: Split
     test: Split
@@ -166,6 +162,13 @@ class FashionMNIST:
 def not_found(data_dir: str | Path | None = None) -> DataNotFoundError:
     """The error that names every place searched and how to get the files."""
     places = ", ".join(str(p) for p in search_roots(data_dir))
+    if data_dir is not None:
+        return DataNotFoundError(
+            f"Fashion-MNIST not found in --data-dir {data_dir} (looked in it and in its fashion-mnist/ and "
+            "FashionMNIST/raw/ sub-folders for the four IDX files; with --data-dir no other place is searched); "
+            "get them with 'apt-get install dataset-fashion-mnist' (Debian/Ubuntu, then leave --data-dir out), or "
+            "from https://github.com/zalandoresearch/fashion-mnist into it"
+        )
     return DataNotFoundError(
         f"Fashion-MNIST not found; looked in {places} (each also under fashion-mnist/ and FashionMNIST/raw/); "
         f"{HOW_TO_GET}"
@@ -187,24 +190,9 @@ def read_split(folder: Path, split: str) -> Split:
 def load_fashion_mnist(data_dir: str | Path | None = None, download_missing: bool = False) -> FashionMNIST:
     """Load the train and test splits; see the module docstring for where the files are looked for."""
     folder = locate(data_dir)
-    if folder is None and download_missing:
+    if folder is None and download_missing and data_dir is None:
         folder = download()
     if folder is None:
         raise not_found(data_dir)
     return FashionMNIST(read_split(folder, "train"), read_split(folder, "test"), folder)
 
-
-def train_val_split(split: Split, val_fraction: float = 1 / 6, seed: int = 0) -> tuple[Split, Split]:
-    """Carve a class-stratified validation set out of ``split``, deterministically by ``seed``."""
-    if not 0.0 < val_fraction < 1.0:
-        raise PruneoptError(f"val fraction must be in (0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    val_idx = []
-    for c in np.unique(split.labels):
-        idx = np.flatnonzero(split.labels == c)
-        rng.shuffle(idx)
-        val_idx.append(idx[: int(round(len(idx) * val_fraction))])
-    val_mask = np.zeros(len(split), dtype=bool)
-    val_mask[np.concatenate(val_idx)] = True
-    return (Split(split.images[~val_mask], split.labels[~val_mask]),
-            Split(split.images[val_mask], split.labels[val_mask]))

@@ -15,6 +15,14 @@ A task supplies what depends on the data and the metric:
 * the **final fine-tunes** of the winner and the baselines (``finetune_finals``);
 * its **wording** in progress lines, the CLI summary and the report (``metric``, ``describe_error``, ``report_*``).
 
+Two things a task may add, which the engine looks for (they are not part of the protocol, so older tasks need not
+have them):
+
+* ``planned_parent(cfg, data_dir) -> ModelSpec``: the spec its parent will have, known before any training, so the
+  engine checks the pruning space and every FLOPs band before the run starts;
+* ``chance_error`` and ``near_chance_advice`` in the parent's record: what a guess would score and what to do about
+  a parent near it; the engine stops a search on such a parent unless it is forced.
+
 A task is registered by name (:mod:`.registry`); one object per task serves every run, so it keeps no run state.
 """
 
@@ -66,6 +74,9 @@ class RunContext(Protocol):
 
     @property
     def data_dir(self) -> str | None: ...  # where the task's data lives, when it uses ``--data-dir``
+
+    @property
+    def loader_workers(self) -> int: ...  # processes decoding images, when the task uses ``--loader-workers``
 
     def say(self, msg: str) -> None: ...
 

@@ -8,6 +8,10 @@ them from there::
     @dataclass(frozen=True)
     class MySection:
         steps: int = setting(60, "SGD steps of each candidate's fine-tune", quick=20)
+
+A setting added after a section was first released is declared with ``since="VERSION"``: a stored config holds it
+only when it differs from its default (:func:`section_dict`), so the runs made before it existed -- whose stored
+configs lack it and which behave as its default -- keep resuming, and their stored configs stay byte-identical.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from ..errors import PruneoptError
 from ..models import get_arch
+from ..pretrained import STATE_SUFFIXES
 from ..space import Regime
 
 Parser = Callable[[str, str], Any]  # (text, option name) -> value; raises a PruneoptError with a one-line message
@@ -28,12 +33,13 @@ Parser = Callable[[str, str], Any]  # (text, option name) -> value; raises a Pru
 
 def setting(default: Any, help: str, *, metavar: str | None = None, parse: Parser | None = None,
             choices: tuple[str, ...] | None = None, flag: bool = False, cli: bool = True, none: str | None = None,
-            **presets: Any) -> Any:
+            since: str | None = None, shown: str | None = None, **presets: Any) -> Any:
     """A section field: its ``default``, the ``help`` of its option (without the default: that is shown from the
     field), how the command line reads it (``parse``, ``choices``, ``flag``; ``cli=False``: library only), how a
-    ``None`` default reads in the help (``none``) and its value in named presets (``quick=16``)."""
+    ``None`` default reads in the help (``none``) or how another default does (``shown``), the version that added it
+    (``since``: stored only when not at its default) and its value in named presets (``quick=16``)."""
     meta = {"help": help, "metavar": metavar, "parse": parse, "choices": choices, "flag": flag, "cli": cli,
-            "none": none, "presets": presets}
+            "none": none, "since": since, "shown": shown, "presets": presets}
     return field(default=default, metadata=meta)
 
 
@@ -52,6 +58,8 @@ class Setting:
     cli: bool
     none: str | None
     presets: dict[str, Any]
+    since: str | None = None
+    shown: str | None = None
 
     @property
     def option(self) -> str:
@@ -62,6 +70,8 @@ class Setting:
         """``value`` as the help text shows it (tuples as ``256x128`` for ``HxW``-like metavars, else ``0.25,0.5``)."""
         if value is None:
             return self.none or "none"
+        if self.shown is not None and value == self.default:
+            return self.shown
         if isinstance(value, tuple):
             sep = "x" if self.metavar and "x" in self.metavar else ","
             return sep.join(str(v) for v in value)
@@ -87,7 +97,7 @@ def settings_of(section: type) -> tuple[Setting, ...]:
             raise TypeError(f"{section.__name__}.{f.name} must be declared with setting(default, help)")
         m = f.metadata
         out.append(Setting(f.name, f.default, m["help"], hints[f.name], m["metavar"], m["parse"], m["choices"],
-                           m["flag"], m["cli"], m["none"], dict(m["presets"])))
+                           m["flag"], m["cli"], m["none"], dict(m["presets"]), m["since"], m["shown"]))
     return tuple(out)
 
 
@@ -101,8 +111,12 @@ def preset_values(section: type, preset: str) -> dict[str, Any]:
 
 
 def section_dict(section: Any) -> dict[str, Any]:
-    """A section's values as JSON-able data, in field order (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(section).items()}
+    """A section's values as JSON-able data, in field order (tuples become lists); a setting declared with
+    ``since`` is left out while it holds its default."""
+    cls: type = type(section)
+    later = {s.name: s.default for s in settings_of(cls) if s.since is not None}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(section).items()
+            if k not in later or v != later[k]}
 
 
 # -- command-line parsers of common values ----------------------------------------------------------------------
@@ -122,12 +136,24 @@ def existing_folder(text: str, option: str) -> str:
     return str(path.resolve())
 
 
+
+def existing_parent(text: str, option: str) -> str:
+    """A parent: an existing subnetwork folder or state-dict file (``.pth``, ``.pt``, ``.safetensors``), as an
+    absolute path."""
+    path = Path(text)
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in STATE_SUFFIXES):
+        return str(path.resolve())
+    if path.is_file():
+        raise PruneoptError(f"{option} {text}: a state-dict file must end in {', '.join(STATE_SUFFIXES)}")
+    raise PruneoptError(f"{option} {text}: not a folder (nor a {', '.join(STATE_SUFFIXES)} state-dict file)")
+
+
 @dataclass(frozen=True)
 class CommonConfig:
     """The settings every search has, whatever its task (see :mod:`pruneopt.search`)."""
 
-    arch: str = setting("resnet20", "Parent architecture (a task that needs --parent takes the parent's when this "
-                        "is not given)", metavar="NAME")
+    arch: str = setting("resnet20", "Parent architecture (taken from --parent when it is given and this is not)",
+                        metavar="NAME")
     task: str = setting("classification", "The search task (the command line lists the registered ones)", cli=False)
     data: str = setting("fashion-mnist", "What the task searches on (see --task)", metavar="NAME|DIR")
     regimes: tuple[float, ...] = setting((0.5,), "Comma-separated FLOPs regimes (fractions of the parent's FLOPs); "
@@ -144,8 +170,10 @@ class CommonConfig:
                                 none="from the bootstrap: the best models' R range")
     top: float = setting(0.1, "Fraction of a population that counts as its best models for R*", cli=False)
     n_boot: int = setting(2000, "Bootstrap resamples of R*", cli=False, quick=500)
-    parent: str | None = setting(None, "A trained parent (spec.json + weights.safetensors folder)",
-                                 none="trained in the run, where the task can", metavar="DIR", parse=existing_folder)
+    parent: str | None = setting(None, "A trained parent: a subnetwork folder (spec.json + weights.safetensors) or, "
+                                 "for classification, a state-dict file (.pth, .pt, .safetensors) in torchvision "
+                                 "naming", none="trained in the run, where the task can", metavar="DIR|FILE",
+                                 parse=existing_parent)
     latency: bool = setting(False, "Also measure each candidate's ONNX Runtime CPU latency", flag=True)
 
     def __post_init__(self) -> None:

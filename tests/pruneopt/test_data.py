@@ -79,12 +79,30 @@ def test_missing_data_names_every_place_and_the_remedy(isolated, monkeypatch) ->
     tmp = isolated
     monkeypatch.setenv("PRUNEOPT_DATA", str(tmp / "env"))
     with pytest.raises(DataNotFoundError) as info:
-        load_fashion_mnist(tmp / "given")
+        load_fashion_mnist()
     msg = str(info.value)
-    for place in (tmp / "given", tmp / "env", tmp / "system", tmp / "cache" / "pruneopt" / "fashion-mnist"):
+    for place in (tmp / "env", tmp / "system", tmp / "cache" / "pruneopt" / "fashion-mnist"):
         assert str(place) in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "--download" in msg
     assert "\n" not in msg
+
+
+def test_a_data_dir_without_the_files_is_an_error_never_a_fallback(isolated, monkeypatch) -> None:
+    """With --data-dir given, a copy in $PRUNEOPT_DATA, the system folder or the cache is not used instead."""
+    tmp = isolated
+    for place in (tmp / "env", tmp / "system", tmp / "cache" / "pruneopt" / "fashion-mnist"):
+        make_fake_dataset(place, n_train=10)
+    monkeypatch.setenv("PRUNEOPT_DATA", str(tmp / "env"))
+    assert len(load_fashion_mnist().train) == 10  # found there without --data-dir
+    (tmp / "given").mkdir()
+    with pytest.raises(DataNotFoundError) as info:
+        load_fashion_mnist(tmp / "given", download_missing=True)
+    msg = str(info.value)
+    assert msg.startswith(f"Fashion-MNIST not found in --data-dir {tmp / 'given'}") and "\n" not in msg
+    assert "no other place is searched" in msg and str(tmp / "env") not in msg
+    assert fm.search_dirs(tmp / "given") == [tmp / "given", tmp / "given" / "fashion-mnist",
+                                             tmp / "given" / "FashionMNIST" / "raw"]
+    assert fm.locate(tmp / "given") is None
 
 
 def test_download_failure_is_a_clear_error(isolated) -> None:

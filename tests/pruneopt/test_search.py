@@ -32,6 +32,7 @@ def fake_data(tmp_path_factory) -> Path:
     return root
 
 
+# the fake images are noise, so the parent is near chance by design: every search here goes on with force=True
 def cfg(**kw) -> SearchConfig:
     return SearchConfig(**{**TINY, **kw})
 
@@ -49,7 +50,7 @@ def winner(run: Path) -> dict:
 def reference(fake_data, tmp_path_factory) -> Path:
     """An uninterrupted in-process search (one torch thread for the candidates)."""
     out = tmp_path_factory.mktemp("runs") / "reference"
-    run_search(cfg(), out, workers=1, threads=1, data_dir=str(fake_data), show_progress=False)
+    run_search(cfg(), out, workers=1, threads=1, data_dir=str(fake_data), show_progress=False, force=True)
     return out
 
 
@@ -89,7 +90,7 @@ def test_analyze_rerenders_from_the_database_alone(reference, capsys) -> None:
 
 def test_rerunning_a_finished_search_evaluates_nothing(reference, fake_data) -> None:
     before = candidate_rows(reference)
-    run_search(cfg(), reference, workers=1, threads=1, data_dir=str(fake_data), show_progress=False)
+    run_search(cfg(), reference, workers=1, threads=1, data_dir=str(fake_data), show_progress=False, force=True)
     assert candidate_rows(reference) == before
     with Store.open(reference, None, readonly=True) as s:
         assert set(s.evaluation_counts().values()) == {1}
@@ -98,7 +99,7 @@ def test_rerunning_a_finished_search_evaluates_nothing(reference, fake_data) -> 
 def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(reference, fake_data, tmp_path) -> None:
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "pruneopt", "search", "--data-dir", str(fake_data), "--out", str(out), *CLI_TINY,
-           "--threads", "1", "--no-progress"]
+           "--threads", "1", "--no-progress", "--force"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     done = 0
@@ -127,7 +128,7 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(reference, fa
 
 def test_local_pool_gives_the_same_results(reference, fake_data, tmp_path) -> None:
     out = tmp_path / "pool"
-    run_search(cfg(), out, workers=2, threads=1, data_dir=str(fake_data), show_progress=False)
+    run_search(cfg(), out, workers=2, threads=1, data_dir=str(fake_data), show_progress=False, force=True)
     assert candidate_rows(out) == candidate_rows(reference)
     assert winner(out) == winner(reference)
 
@@ -136,7 +137,7 @@ def test_ray_backend_gives_the_same_results(reference, fake_data, tmp_path) -> N
     pytest.importorskip("ray")
     out = tmp_path / "ray"
     run_search(cfg(), out, workers=2, threads=1, backend="ray", data_dir=str(fake_data),
-               show_progress=False)
+               show_progress=False, force=True)
     assert candidate_rows(out) == candidate_rows(reference)
     with Store.open(out, None, readonly=True) as s:
         assert all(r["worker"].startswith("ray:") for r in s.rows())

@@ -219,7 +219,7 @@ def test_missing_parent_is_one_line(capsys, tiny: Path, tmp_path: Path) -> None:
     (["--task", "reid", "--data", "{tiny}", "--reid-batch", "1x4"], "--reid-batch needs P >= 2"),
     (["--task", "reid", "--data", "{tiny}", "--val-size", "100"], "--val-size applies to --task classification"),
     (["--task", "reid", "--data", "{tiny}", "--arch", "resnet56"], "pass --arch resnet20"),
-    (["--data", "{tiny}"], "fashion-mnist only"),
+    (["--data", "{tiny}"], r"looks like a re-ID dataset .*--task reid"),
     (["--val-data", "{tiny}"], "--val-data applies to --task reid only"),
     (["--final-steps", "9"], "--final-steps applies to --task reid only"),
 ])

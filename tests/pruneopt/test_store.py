@@ -43,12 +43,32 @@ def test_failed_candidates_are_retried_a_bounded_number_of_times(tmp_path) -> No
         assert r["attempts"] == 2 and r["message"] == "ValueError: bad"
 
 
-def test_mismatched_config_is_refused(tmp_path) -> None:
-    with Store.open(tmp_path / "run", {"samples": 64, "seed": 0}):
-        pass
-    with pytest.raises(RunConfigMismatch, match="samples: 64 -> 32"):
+def test_mismatched_config_is_refused_once_a_candidate_finished(tmp_path) -> None:
+    with Store.open(tmp_path / "run", {"samples": 64, "seed": 0}) as s:
+        s.add_candidates(rows(2))
+        (t, _) = s.pending()
+        s.mark_running(t.candidate_id, "w")
+        s.finish(t.candidate_id, 0.3, 1.0, "w")
+    with pytest.raises(RunConfigMismatch, match="samples: 64 -> 32.* 1 of its candidates have finished"):
         with Store.open(tmp_path / "run", {"samples": 32, "seed": 0}):
             pass
+    with Store.open(tmp_path / "run", {"samples": 64, "seed": 0}) as s:  # the original options resume it
+        assert s.reused is None and len(s.rows()) == 1
+
+
+def test_a_run_with_no_finished_candidate_is_reused_with_other_options(tmp_path) -> None:
+    with Store.open(tmp_path / "run", {"samples": 64, "seed": 0}) as s:
+        s.add_candidates(rows(3))
+        s.set_stage("parent", {"val_error": 0.9})
+        (t, *_) = s.pending()
+        s.mark_running(t.candidate_id, "w")
+        s.fail(t.candidate_id, "boom", "w")
+    with Store.open(tmp_path / "run", {"samples": 32, "seed": 0}) as s:
+        assert s.reused == "samples: 64 -> 32"
+        assert s.config() == {"samples": 32, "seed": 0}
+        assert s.stages() == {} and s.pending() == [] and s.rows(status=None) == []
+    with Store.open(tmp_path / "run", {"samples": 32, "seed": 0}) as s:  # from now on it is a run of the new config
+        assert s.reused is None
 
 
 def test_one_driver_at_a_time(tmp_path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 from pruneopt.checkpoint import save_subnet
@@ -158,7 +159,8 @@ def test_quick_is_a_preset_per_section_and_explicit_options_win(captured: dict[s
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--device", "cuda"], "--device applies to --task reid only"),
+    (["--device", "cuda"], "--device cuda: torch sees no CUDA device") if not torch.cuda.is_available() else
+    (["--device", "cuda:99"], "--device cuda:99: torch sees"),
     (["--task", "nope"], "'nope' is not one of 'classification'"),
     (["--samples", "many"], "'many' is not a valid integer"),
     (["--parent", "/no/such/folder"], "--parent /no/such/folder: not a folder"),
@@ -166,6 +168,15 @@ def test_quick_is_a_preset_per_section_and_explicit_options_win(captured: dict[s
 def test_bad_search_options_are_one_line(capsys, argv: list[str], match: str) -> None:
     code, _, err = run(capsys, "search", *argv, "--out", "never-created")
     assert code == 2 and err.count("\n") == 1 and match in err, err
+    assert not Path("never-created").exists()
+
+
+def test_a_runtime_option_of_other_tasks_is_refused(toy: None, capsys) -> None:
+    """The toy task trains nothing, so --device, --data-dir and --loader-workers do not apply to it."""
+    for argv in (["--device", "cpu"], ["--loader-workers", "2"], ["--data-dir", "x"]):
+        code, _, err = run(capsys, "search", "--task", "toy", *argv, "--out", "never-created")
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{argv[0]} applies to --task classification" in err and err.endswith(" only\n"), err
     assert not Path("never-created").exists()
 
 
