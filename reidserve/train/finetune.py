@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Literal
 
 from torch import nn
 
 from ..cluster import ClusterConfig
-from .config import ReidTrainConfig, TrainError
+from .config import LossName, ReidTrainConfig, TrainError
 from .run import run_training
 
 __all__ = ["finetune_and_score", "finetune_config"]
@@ -23,7 +22,7 @@ def finetune_config(
     rounds: int = 1,
     size: tuple[int, int] = (256, 128),
     batch: tuple[int, int] = (16, 4),
-    loss: Literal["tmp", "centroid"] = "tmp",
+    loss: LossName = "tmp",
     cluster: ClusterConfig | None = None,
     lr: float = 3.5e-4,
     threads: int | None = None,
@@ -75,7 +74,7 @@ def finetune_and_score(
     rounds: int = 1,
     size: tuple[int, int] = (256, 128),
     batch: tuple[int, int] = (16, 4),
-    loss: Literal["tmp", "centroid"] = "tmp",
+    loss: LossName = "tmp",
     cluster: ClusterConfig | None = None,
     lr: float = 3.5e-4,
     threads: int | None = None,
