@@ -139,10 +139,11 @@ def tmp_train_config(out: Path, s: TmpSettings, cell: Cell, threads: int) -> Any
     from reidserve.train import ReidTrainConfig
 
     mech = cell.payload["labels"] == "true"
+    arm: Any = cell.arm  # one of reidserve.train.LOSSES (ReidTrainConfig.validate checks it)
     epochs, iters = (s.mech_epochs, s.mech_iters) if mech else (s.db_epochs, s.db_iters)
     return ReidTrainConfig(
         data=str(out / "data" / "target"), arch=None, backbone=str(out / "source"), epochs=epochs, iters=iters,
-        p=s.batch[0], k=s.batch[1], loss=cell.arm, tau=s.tau, lr=s.lr, step_size=epochs + 1, size=s.size,
+        p=s.batch[0], k=s.batch[1], loss=arm, tau=s.tau, lr=s.lr, step_size=epochs + 1, size=s.size,
         seed=cell.seed, k1=s.k1, k2=s.k2, eps=s.eps, min_samples=s.min_samples, outliers="drop",
         labels=cell.payload["labels"], label_noise=cell.payload.get("label_noise", 0.0),
         color_jitter=s.color_jitter, threads=threads, eval_every=epochs, progress=False,

@@ -8,6 +8,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from pruneopt.common.files import atomic_write
 
@@ -156,7 +157,7 @@ def generate(
         num_train_ids=n_train,
         num_test_ids=cfg.ids - n_train,
     )
-    meta = {
+    meta: dict[str, Any] = {
         "generator": "reidserve.data.synth",
         "version": 1,
         "config": asdict(cfg),
