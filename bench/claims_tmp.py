@@ -57,7 +57,7 @@ class TmpSettings:
     ids: int = 200
     cams: int = 6
     imgs_per_id: tuple[int, int] = (6, 10)  # images per identity and camera (the generator's default)
-    camera_strength: float = 0.5
+    camera_strength: float = 0.75
     size: tuple[int, int] = (64, 32)
     arch: str = "resnet18"
     color_jitter: float = 0.4
@@ -68,10 +68,10 @@ class TmpSettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     noise: tuple[float, ...] = (0.0, 0.2, 0.4)
     mech_epochs: int = 2
-    mech_iters: int = 40
+    mech_iters: int = 30
     db_epochs: int = 4
-    db_iters: int = 20
-    eps: float = 0.4
+    db_iters: int = 15
+    eps: float = 0.5
     k1: int = 30
     k2: int = 6
     min_samples: int = 4
@@ -122,15 +122,15 @@ def _backbone(out: Path, s: TmpSettings, source: Path, target: Path, threads: in
 
 
 def _cells(s: TmpSettings, base: dict[str, Any]) -> list[Cell]:
+    """Every cell, seed by seed (an interrupted run has whole seeds of both protocols rather than one protocol)."""
     cells = []
-    for noise in s.noise:
-        cond = f"true ids, {round(100 * noise)}% noise"
-        for arm in s.arms:
+    for seed in s.seeds:
+        for noise in s.noise:
+            cond = f"true ids, {round(100 * noise)}% noise"
             cells += [Cell(f"mech_n{round(100 * noise):02d}_{arm}_s{seed}", cond, arm, seed,
-                           {**base, "labels": "true", "label_noise": noise}) for seed in s.seeds]
-    for arm in (*s.arms, *(("centroid",) if s.centroid else ())):
+                           {**base, "labels": "true", "label_noise": noise}) for arm in s.arms]
         cells += [Cell(f"dbscan_{arm}_s{seed}", "DBSCAN", arm, seed, {**base, "labels": "dbscan"})
-                  for seed in s.seeds]
+                  for arm in (*s.arms, *(("centroid",) if s.centroid else ()))]
     return cells
 
 
