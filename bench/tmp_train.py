@@ -1,4 +1,7 @@
-"""TMP training figures: Jaccard-distance cost, training throughput, and TMP vs. the single-positive loss.
+"""TMP training figures: Jaccard-distance cost, training throughput, and TMP vs. the cluster-centroid loss.
+
+The cluster-centroid loss (`--loss centroid`) is another loss family (InfoNCE against cluster centroids), not
+TMP's loss with one positive; the fair in-batch single-positive arms are in `bench/claims.py tmp`.
 
 Sub-commands (each takes ``--threads``, default 1: on a shared 2-core machine one thread is much faster
 than two)::
