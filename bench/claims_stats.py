@@ -76,8 +76,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def grouped_bar_plot(path: Path, title: str, conditions: Sequence[str], arms: Sequence[str],
-                     stats: dict[tuple[str, str], dict[str, tuple[float, float]]]) -> None:
-    """One panel per metric: bars of the mean (error bars: SD over seeds) per condition and arm."""
+                     stats: dict[tuple[str, str], dict[str, tuple[float, float]]],
+                     reference: tuple[str, dict[str, float]] | None = None) -> None:
+    """One panel per metric: bars of the mean (error bars: SD over seeds) per condition and arm, and a dashed
+    line at ``reference`` (a label and a value per metric, e.g. the model before training) when given."""
     import matplotlib  # only needed for the plot; imported when one is written
 
     matplotlib.use("Agg")
@@ -91,6 +93,8 @@ def grouped_bar_plot(path: Path, title: str, conditions: Sequence[str], arms: Se
             vals = [stats.get((c, arm), {}).get(metric, (math.nan, 0.0)) for c in conditions]
             ax.bar(xs + (j - (len(arms) - 1) / 2) * width, [100 * v[0] for v in vals], width,
                    yerr=[100 * v[1] for v in vals], capsize=3, label=arm)
+        if reference is not None:
+            ax.axhline(100 * reference[1][metric], color="black", linestyle="--", linewidth=1, label=reference[0])
         ax.set_xticks(xs, conditions, rotation=15, fontsize=8)
         ax.set_title(METRIC_NAMES[metric] + " (%)")
     axes[0].legend(fontsize=8)

@@ -262,7 +262,8 @@ def protocol_tmp(args: argparse.Namespace) -> dict[str, Any]:
     text = tmp_markdown(s, backbone, summary)
     stats = {(g["condition"], g["arm"]): {m: g[m] for m in METRICS} for g in summary["groups"]}
     grouped_bar_plot(out / "tmp.png", "Take More Positives: in-batch arms (mean ± SD over seeds)",
-                     summary["conditions"], summary["arms"], stats)
+                     summary["conditions"], summary["arms"], stats,
+                     reference=("source backbone, before", backbone["target_before"]))
     atomic_write(out / "table.md", text)
     payload = {
         "protocol": "tmp", "settings": asdict(s), "backbone": backbone, "summary": summary,
