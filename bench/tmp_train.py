@@ -1,4 +1,7 @@
-"""TMP training figures: Jaccard-distance cost, training throughput, and TMP vs. the single-positive loss.
+"""TMP training figures: Jaccard-distance cost, training throughput, and TMP vs. the cluster-centroid loss.
+
+The cluster-centroid loss (`--loss centroid`) is another loss family (InfoNCE against cluster centroids), not
+TMP's loss with one positive; the fair in-batch single-positive arms are in `bench/claims.py tmp`.
 
 Sub-commands (each takes ``--threads``, default 1: on a shared 2-core machine one thread is much faster
 than two)::
@@ -160,58 +163,13 @@ def cmd_throughput(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+    from reidserve.train import PretrainConfig, parse_batch, pretrain_backbone
 
-    torch.set_num_threads(args.threads)
-    from pruneopt.checkpoint import save_subnet
-    from reidserve.data import PKSampler, load_dataset, relabel
-    from reidserve.model import HeadConfig, build_reid_model
-    from reidserve.train import DecodedImages, evaluate_model, parse_batch, train_transform
-
-    ds = load_dataset(args.data)
-    items, _ = relabel(ds.train)
-    size = parse_pair(args.size, "--size", "HxW, e.g. 64x32")
     p, k = parse_batch(args.batch)
-    model = build_reid_model(args.arch, HeadConfig(input_size=size), seed=args.seed)
-    num_ids = len({it.pid for it in items})
-    torch.manual_seed(args.seed)
-    weight = nn.Parameter(torch.randn(num_ids, model.embed_dim) * 0.01)
-    params = [q for q in model.parameters() if q.requires_grad] + [weight]
-    opt = torch.optim.Adam(params, lr=args.lr, weight_decay=5e-4)
-    sampler = PKSampler([it.pid for it in items], [it.camid for it in items], p, k, seed=args.seed)
-    images = DecodedImages(items, size, cache=True)
-    transform = train_transform(size)
-    labels = torch.tensor([it.pid for it in items])
-    t0 = time.perf_counter()
-    step, epoch, total, count = 0, 0, 0.0, 0
-    while step < args.steps:
-        sampler.set_epoch(epoch)  # one pass visits every identity once: len(sampler) batches
-        model.train()
-        for b, batch in enumerate(sampler):
-            x = torch.stack([
-                torch.from_numpy(transform(images.get(i), np.random.default_rng([args.seed, epoch, b, j])))
-                for j, i in enumerate(batch)
-            ])
-            z = model(x)  # L2-normalised embeddings; cosine classifier with scale 16, label smoothing 0.1
-            logits = 16.0 * z @ F.normalize(weight, dim=1).T
-            loss = F.cross_entropy(logits, labels[batch], label_smoothing=0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, count = total + loss.item(), count + 1
-            step += 1
-            if step % args.eval_every == 0 or step == args.steps:
-                m = evaluate_model(model.eval(), ds, size=size)
-                model.train()
-                print(f"step {step}/{args.steps}: loss {total / count:.3f}, source val {m}, "
-                      f"{time.perf_counter() - t0:.0f} s", flush=True)
-                total, count = 0.0, 0
-            if step == args.steps:
-                break
-        epoch += 1
-    save_subnet(model.backbone, args.out)
+    cfg = PretrainConfig(data=args.data, arch=args.arch, size=parse_pair(args.size, "--size", "HxW, e.g. 64x32"),
+                         p=p, k=k, steps=args.steps, lr=args.lr, seed=args.seed, color_jitter=args.color_jitter,
+                         eval_every=args.eval_every, threads=args.threads)
+    pretrain_backbone(cfg, args.out)
     print(f"backbone -> {args.out} (use it with --backbone)")
 
 
@@ -311,6 +269,7 @@ def main() -> None:
     pt.add_argument("--eval-every", type=int, default=50, help="steps between source-domain evaluations")
     pt.add_argument("--lr", type=float, default=3e-3)
     pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--color-jitter", type=float, default=0.0, help="camera-like colour jitter strength (0: off)")
     pt.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     commands = {"jaccard": cmd_jaccard, "throughput": cmd_throughput, "compare": cmd_compare, "pretrain": cmd_pretrain}

@@ -4,10 +4,10 @@ Every transform maps an ``HxWx3`` ``uint8`` RGB image (numpy array or PIL image)
 ``3xHxW`` array normalised with the ImageNet mean/std. Random transforms take a
 :class:`numpy.random.Generator`, so results are reproducible given the generator's seed.
 
-The training pipeline is the usual re-ID one: resize to ``size`` (H, W) -> random horizontal flip
--> zero-pad by ``pad`` pixels and random-crop back to ``size`` -> normalise -> random erasing
-(Zhong et al. 2020, filling the erased box with the mean colour, i.e. ``0`` after normalisation,
-or with per-pixel noise).
+The training pipeline is the usual re-ID one: resize to ``size`` (H, W) -> optional colour jitter
+(:class:`ColorJitter`, off by default) -> random horizontal flip -> zero-pad by ``pad`` pixels and
+random-crop back to ``size`` -> normalise -> random erasing (Zhong et al. 2020, filling the erased box
+with the mean colour, i.e. ``0`` after normalisation, or with per-pixel noise).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "pad_random_crop",
     "normalize",
     "random_erasing",
+    "ColorJitter",
     "TrainTransform",
     "TestTransform",
 ]
@@ -144,6 +145,51 @@ def random_erasing(
 
 
 @dataclass(frozen=True)
+class ColorJitter:
+    """Camera-like colour jitter of an ``HxWx3`` ``uint8`` image: random brightness, contrast, saturation and a
+    per-channel gain (a colour cast), the nuisances a camera adds to a person's colours.
+
+    Each amount ``a`` draws a factor uniformly from ``[1 - a, 1 + a]`` (the gain draws one per channel);
+    0 leaves that property alone. The factors are drawn in a fixed order (brightness, contrast, saturation,
+    three gains) and applied in that order to the image in ``[0, 1]``, then clipped and rounded back to
+    ``uint8``: brightness scales every value, contrast scales the distance to the image's mean grey level,
+    saturation scales each pixel's distance to its own grey level, the gain scales each channel.
+    """
+
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    gain: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "saturation", "gain"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"colour jitter {name} must be in [0, 1), got {value}")
+
+    @classmethod
+    def of_strength(cls, strength: float) -> ColorJitter:
+        """One knob: brightness, contrast and saturation ``strength``, channel gain ``strength / 2``."""
+        return cls(brightness=strength, contrast=strength, saturation=strength, gain=strength / 2)
+
+    @property
+    def active(self) -> bool:
+        return any(v > 0 for v in (self.brightness, self.contrast, self.saturation, self.gain))
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        b = rng.uniform(1 - self.brightness, 1 + self.brightness)
+        c = rng.uniform(1 - self.contrast, 1 + self.contrast)
+        s = rng.uniform(1 - self.saturation, 1 + self.saturation)
+        g = rng.uniform(1 - self.gain, 1 + self.gain, size=3)
+        x = _as_uint8(img).astype(np.float32) / 255.0 * np.float32(b)
+        mean = x.mean()
+        x = (x - mean) * np.float32(c) + mean
+        grey = x.mean(axis=2, keepdims=True)
+        x = (grey + (x - grey) * np.float32(s)) * g.astype(np.float32)
+        return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@dataclass(frozen=True)
 class TestTransform:
     """Resize + normalise."""
 
@@ -162,7 +208,9 @@ class TestTransform:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """Resize -> random flip -> pad + random crop -> normalise -> random erasing."""
+    """Resize -> colour jitter (when ``color`` is given) -> random flip -> pad + random crop -> normalise ->
+    random erasing. Without ``color`` no colour random numbers are drawn, so the output is the same as before
+    the option existed."""
 
     size: tuple[int, int] = (256, 128)
     flip_p: float = 0.5
@@ -171,6 +219,7 @@ class TrainTransform:
     erase_fill: str = "mean"
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    color: ColorJitter | None = None
 
     def __post_init__(self) -> None:
         _check_size(self.size)
@@ -183,6 +232,8 @@ class TrainTransform:
         if rng is None:
             raise ValueError("TrainTransform needs a numpy Generator (rng=np.random.default_rng(seed))")
         x = resize(img, self.size)
+        if self.color is not None and self.color.active:
+            x = self.color(x, rng)
         if rng.random() < self.flip_p:
             x = hflip(x)
         x = pad_random_crop(x, self.pad, rng)

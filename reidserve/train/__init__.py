@@ -14,7 +14,11 @@ Each epoch (cluster-contrast-reid's loop, with TMP's loss):
    positives (``--loss tmp``).
    ``--memory`` adds a cluster-centroid memory (centroids of step 1, momentum-updated with the batch):
    InfoNCE of every embedding against all centroids, its own cluster's centroid being the positive.
-   ``--loss centroid`` is that memory loss alone -- the single-positive baseline of cluster-contrast-reid;
+   ``--loss centroid`` is that memory loss alone -- the single-positive baseline of cluster-contrast-reid,
+   another loss family. ``--loss single-neg`` / ``single-mask`` are TMP's loss with one positive (the other
+   view of the same image), the same-cluster others being negatives or left out of the softmax
+   (:mod:`.losses`). ``labels="true"`` skips steps 1-2 and trains with the true identities, a seeded
+   fraction ``label_noise`` of them reassigned at random (:mod:`.labels`: the mechanism test);
 5. Adam (lr 3.5e-4, weight decay 5e-4), learning rate times ``gamma`` every ``step_size`` epochs;
 6. log one JSON line (clusters, outliers, NMI/ARI of the pseudo-labels against the true training ids,
    loss, validation mAP/rank-1 on the query/gallery split), save the model and an epoch checkpoint.
@@ -33,23 +37,39 @@ atomically after every epoch) and ``model/`` (the latest re-ID model, see :mod:`
 
 Modules: :mod:`.config` (the configuration, ``PxK`` parsing), :mod:`.distributed` (ranks and collectives),
 :mod:`.images` (decoded images shared between runs), :mod:`.views` (the torch datasets), :mod:`.features`
-(embeddings and evaluation), :mod:`.losses`, :mod:`.runfolder` (checkpoint, log, config on disk),
-:mod:`.trainer` (one epoch), :mod:`.run` (a whole run) and :mod:`.finetune` (the search's short fine-tunes).
+(embeddings and evaluation), :mod:`.losses`, :mod:`.labels` (true labels with injected noise),
+:mod:`.runfolder` (checkpoint, log, config on disk), :mod:`.trainer` (one epoch), :mod:`.run` (a whole run),
+:mod:`.finetune` (the search's short fine-tunes) and :mod:`.pretrain` (a supervised source backbone).
 """
 
 from __future__ import annotations
 
 from ..data import load_image  # noqa: F401 - importable from here before the split; decoding is in .images
-from .config import LOSSES, RUNTIME_FIELDS, ReidTrainConfig, TrainError, parse_batch
+from .config import (
+    BATCH_LOSSES,
+    LABEL_SOURCES,
+    LOSSES,
+    RUNTIME_FIELDS,
+    LossName,
+    ReidTrainConfig,
+    TrainError,
+    parse_batch,
+)
 from .features import evaluate_model, extract_features
 from .finetune import finetune_and_score, finetune_config
 from .images import DecodedImages, clear_shared_image_cache, shared_image_cache_limit
-from .losses import compute_loss, update_memory
+from .labels import dense_labels, inject_label_noise
+from .losses import compute_loss, single_positive_masked_loss, update_memory
+from .pretrain import PretrainConfig, pretrain_backbone
 from .run import TrainResult, train_reid
 from .views import TwoViewSet, train_transform
 
 __all__ = [
+    "BATCH_LOSSES",
+    "LABEL_SOURCES",
     "LOSSES",
+    "LossName",
+    "PretrainConfig",
     "RUNTIME_FIELDS",
     "DecodedImages",
     "ReidTrainConfig",
@@ -58,12 +78,16 @@ __all__ = [
     "TwoViewSet",
     "clear_shared_image_cache",
     "compute_loss",
+    "dense_labels",
     "evaluate_model",
     "extract_features",
     "finetune_and_score",
     "finetune_config",
+    "inject_label_noise",
     "parse_batch",
+    "pretrain_backbone",
     "shared_image_cache_limit",
+    "single_positive_masked_loss",
     "train_reid",
     "train_transform",
     "update_memory",

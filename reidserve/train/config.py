@@ -14,10 +14,34 @@ from pruneopt.common.params import parse_pair
 from ..cluster import OUTLIER_MODES, ClusterConfig
 from ..errors import ReidserveError
 
-__all__ = ["LOSSES", "RUNTIME_FIELDS", "TMP_MODES", "ReidTrainConfig", "TrainError", "parse_batch"]
+__all__ = [
+    "BATCH_LOSSES",
+    "LABEL_SOURCES",
+    "LOSSES",
+    "RUNTIME_FIELDS",
+    "TMP_MODES",
+    "LossName",
+    "ReidTrainConfig",
+    "TrainError",
+    "parse_batch",
+]
 
-LOSSES = ("tmp", "centroid")
+# In-batch contrastive losses over the 2B views of a batch (same sampler, batch, temperature and views; only
+# the positive set differs): "tmp" takes every same-label view as a positive (Take More Positives);
+# "single-neg" takes only the other view of the same image, the same-label others being negatives (instance
+# discrimination); "single-mask" takes only the other view and leaves the same-label others out of the
+# softmax. "centroid" is another loss family: InfoNCE against the cluster-centroid memory (cluster-contrast).
+BATCH_LOSSES = ("tmp", "single-neg", "single-mask")
+LOSSES = (*BATCH_LOSSES, "centroid")
+LossName = Literal["tmp", "single-neg", "single-mask", "centroid"]
 TMP_MODES = ("mean_log", "log_sum")
+# where the training labels come from: DBSCAN on the features every epoch, or the true identities
+# (with ``label_noise`` of them reassigned at random: the mechanism test)
+LABEL_SOURCES = ("dbscan", "true")
+
+# Fields added after runs were first saved, left out of a run's identity at their defaults so that those runs
+# still resume.
+_LATER_FIELDS = {"labels": "dbscan", "label_noise": 0.0, "color_jitter": 0.0}
 
 # Fields that may differ when a run is resumed (they change speed or reporting, not the training itself).
 RUNTIME_FIELDS = frozenset(
@@ -49,7 +73,7 @@ class ReidTrainConfig:
     iters: int = 200
     p: int = 16
     k: int = 8
-    loss: Literal["tmp", "centroid"] = "tmp"
+    loss: LossName = "tmp"
     memory: bool = False
     memory_weight: float = 1.0
     momentum: float = 0.2
@@ -66,6 +90,9 @@ class ReidTrainConfig:
     eps: float = 0.6
     min_samples: int = 4
     outliers: Literal["drop", "singleton"] = "drop"
+    labels: Literal["dbscan", "true"] = "dbscan"
+    label_noise: float = 0.0  # with labels="true": this fraction of the images gets a random other identity
+    color_jitter: float = 0.0  # strength of the camera-like colour jitter of the training views (0: off)
     # runtime
     threads: int | None = None
     workers: int = 0
@@ -96,6 +123,11 @@ class ReidTrainConfig:
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.eval_every >= 1 and self.eval_batch >= 1, "eval_every and eval_batch must be >= 1"),
             (self.outliers in OUTLIER_MODES, f"outliers must be one of {', '.join(OUTLIER_MODES)}"),
+            (self.labels in LABEL_SOURCES, f"labels must be one of {', '.join(LABEL_SOURCES)}, got {self.labels!r}"),
+            (0.0 <= self.label_noise <= 1.0, f"label_noise must be a fraction in [0, 1], got {self.label_noise}"),
+            (self.labels == "true" or self.label_noise == 0.0,
+             "label_noise is for the true labels (labels='true'); DBSCAN pseudo-labels bring their own noise"),
+            (0.0 <= self.color_jitter < 1.0, f"color_jitter must be in [0, 1), got {self.color_jitter}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -121,7 +153,8 @@ class ReidTrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match to resume a run (paths resolved)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in RUNTIME_FIELDS and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
         d["data"] = str(Path(self.data).expanduser().resolve())
         if self.backbone is not None:
             d["backbone"] = str(Path(self.backbone).expanduser().resolve())

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Literal
 
 import numpy as np
 from torch import nn
 
 from ..cluster import ClusterConfig, ClusterResult
-from .config import ReidTrainConfig, TrainError
+from .config import LossName, ReidTrainConfig, TrainError
 from .run import run_training
 from .trainer import Times, Trainer
 
@@ -51,7 +50,7 @@ def finetune_config(
     rounds: int = 1,
     size: tuple[int, int] = (256, 128),
     batch: tuple[int, int] = (16, 4),
-    loss: Literal["tmp", "centroid"] = "tmp",
+    loss: LossName = "tmp",
     cluster: ClusterConfig | None = None,
     lr: float = 3.5e-4,
     threads: int | None = None,
@@ -103,7 +102,7 @@ def finetune_and_score(
     rounds: int = 1,
     size: tuple[int, int] = (256, 128),
     batch: tuple[int, int] = (16, 4),
-    loss: Literal["tmp", "centroid"] = "tmp",
+    loss: LossName = "tmp",
     cluster: ClusterConfig | None = None,
     lr: float = 3.5e-4,
     threads: int | None = None,

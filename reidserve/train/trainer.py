@@ -18,10 +18,11 @@ from torch.nn.parallel import DistributedDataParallel
 from ..cluster import ClusterResult, cluster_features, singleton_labels
 from ..data import PKSampler, ReidDataset
 from ..model import ReidModel
-from .config import ReidTrainConfig, TrainError
+from .config import BATCH_LOSSES, ReidTrainConfig, TrainError
 from .distributed import DistContext
 from .features import evaluate_model, extract_features
 from .images import DecodedImages
+from .labels import dense_labels, inject_label_noise
 from .losses import centroids, compute_loss, update_memory
 from .runfolder import CKPT_FORMAT
 from .views import TwoViewSet, make_loader, train_transform
@@ -115,7 +116,12 @@ class Trainer:
         self.true_pids = np.array([it.pid for it in self.train_items], dtype=np.int64)
         self.images = DecodedImages(self.train_items, cfg.size, cfg.cache)
         self.eval_images = DecodedImages([*dataset.query, *dataset.gallery], cfg.size, cfg.cache)
-        self.views = TwoViewSet(self.images, train_transform(cfg.size), cfg.seed)
+        self.views = TwoViewSet(self.images, train_transform(cfg.size, cfg.color_jitter), cfg.seed)
+        # labels="true": the true identities with a fixed, seeded fraction reassigned (the mechanism test)
+        self.given_labels = (
+            inject_label_noise(dense_labels(self.true_pids), cfg.label_noise, cfg.seed) if cfg.labels == "true"
+            else None
+        )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
@@ -149,15 +155,25 @@ class Trainer:
 
     # -- one epoch -------------------------------------------------------------------------------
     def run_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
-        """Features, pseudo-labels, ``iters`` training steps and (when due) validation; the epoch's log record."""
+        """Features, pseudo-labels, ``iters`` training steps and (when due) validation; the epoch's log record.
+
+        With the true labels (``labels="true"``) there is no clustering, and features are extracted only for
+        the centroid memory."""
         cfg, dist_info = self.cfg, self.dist
         times: Times = {}
-        feats = self._features(epoch, progress, times)
-        result, labels, fallback = self._pseudo_labels(feats, epoch, times)
+        feats = self._features(epoch, progress, times) if self.given_labels is None or cfg.uses_memory else None
+        if self.given_labels is None:
+            assert feats is not None
+            result, labels, fallback = self._pseudo_labels(feats, epoch, times)
+        else:
+            labels, fallback = self.given_labels, None
+            result = ClusterResult(labels, int(np.unique(labels).size), 0, {})
         num_ids = int(labels.max()) + 1 if (labels >= 0).any() else 0
         batches = epoch_batches(labels, self.camids, cfg, epoch, cfg.iters * dist_info.world)
         mine = batches[dist_info.rank :: dist_info.world]
-        memory = centroids(feats, labels, num_ids).to(dist_info.device) if cfg.uses_memory else None
+        memory = None
+        if cfg.uses_memory and feats is not None:
+            memory = centroids(feats, labels, num_ids).to(dist_info.device)
         record: dict[str, Any] = {
             "epoch": epoch,
             "clusters": result.num_clusters,
@@ -243,7 +259,7 @@ class Trainer:
         mean = {k: v / max(steps, 1) for k, v in sums.items()}
         return {
             "loss": mean["loss"],
-            **({"loss_batch": mean["loss_batch"]} if cfg.loss == "tmp" else {}),
+            **({"loss_batch": mean["loss_batch"]} if cfg.loss in BATCH_LOSSES else {}),
             **({"loss_memory": mean["loss_memory"]} if memory is not None else {}),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "gem_p": float(self.model.pool.p.detach()[0]),

@@ -9,15 +9,18 @@ import numpy as np
 import torch
 
 from ..data import TestTransform, TrainTransform
+from ..data.transforms import ColorJitter
 from .images import DecodedImages
 
 __all__ = ["TestViewSet", "TwoViewSet", "make_loader", "train_transform"]
 
 
-def train_transform(size: tuple[int, int]) -> TrainTransform:
+def train_transform(size: tuple[int, int], color_jitter: float = 0.0) -> TrainTransform:
     """The re-ID augmentation at ``size``: flip, pad + random crop, random erasing; the padding is 10 pixels
-    at width 128 (the usual 256x128 recipe) and scales with the width (2 pixels at 64x32)."""
-    return TrainTransform(size, pad=max(1, round(10 * size[1] / 128)))
+    at width 128 (the usual 256x128 recipe) and scales with the width (2 pixels at 64x32). ``color_jitter``
+    > 0 adds :meth:`ColorJitter.of_strength` of that strength first (camera-like colour changes)."""
+    color = ColorJitter.of_strength(color_jitter) if color_jitter > 0 else None
+    return TrainTransform(size, pad=max(1, round(10 * size[1] / 128)), color=color)
 
 
 class TestViewSet(torch.utils.data.Dataset):

@@ -179,3 +179,61 @@ def test_generated_files_are_pinned(small_synth) -> None:
     for name, data in _files(root).items():
         h.update(name.encode() + b"\0" + data + b"\0")
     assert h.hexdigest() == digest
+
+
+# ----------------------------------------------------------------------------------------------
+# camera_strength: easier cameras (the default, 1, is the full look and leaves every byte as it was)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_default_camera_strength_is_not_recorded(small_synth) -> None:
+    root, _, cfg = small_synth
+    assert cfg.camera_strength == 1.0
+    assert "camera_strength" not in json.loads((root / "synth.json").read_text())["config"]
+
+
+def test_soften_camera_interpolates_to_a_neutral_camera() -> None:
+    from reidserve.data.synth.world import make_camera, random_stream, soften_camera
+
+    cam = make_camera(random_stream(0, 2, 1), (128, 64))
+    same = soften_camera(cam, 1.0)
+    for name in ("gains", "brightness", "gamma", "contrast", "saturation", "blur", "noise", "views", "occlusion"):
+        np.testing.assert_allclose(getattr(same, name), getattr(cam, name), rtol=1e-12)
+    assert same.jpeg == cam.jpeg and np.array_equal(np.asarray(same.background), np.asarray(cam.background))
+    neutral = soften_camera(cam, 0.0)
+    assert neutral.gains == (1.0, 1.0, 1.0) and neutral.gamma == 1.0
+    assert (neutral.brightness, neutral.contrast, neutral.saturation) == (1.0, 1.0, 1.0)
+    assert (neutral.blur, neutral.noise, neutral.occlusion, neutral.misalign, neutral.light_strength) == (0, 0, 0, 0, 0)
+    assert neutral.res_drop == (1.0, 1.0) and neutral.jpeg == 95 and neutral.views == (0.25, 0.25, 0.25, 0.25)
+    assert (np.asarray(neutral.background) == 128).all() and (neutral.gradient == 1.0).all()
+    half = soften_camera(cam, 0.5)
+    assert half.contrast == pytest.approx((1.0 + cam.contrast) / 2)
+    assert half.gains[0] == pytest.approx(cam.gains[0] ** 0.5)
+
+
+def test_weaker_cameras_make_cross_camera_retrieval_easier(tmp_path: Path) -> None:
+    def cross_map(strength: float) -> float:
+        root = tmp_path / f"s{strength}"
+        cfg = SynthConfig(ids=24, cams=3, seed=0, imgs_per_id=(3, 4), size=(64, 32), distractors=0,
+                          camera_strength=strength)
+        generate(cfg, root)
+        meta = json.loads((root / "synth.json").read_text())["config"]
+        assert meta["camera_strength"] == strength  # recorded when not the default
+        ds = read_market1501(root)
+        tf = TestTransform((32, 16))
+
+        def feats(items):
+            x = np.stack([tf(load_image(i.path)).ravel() for i in items])
+            return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+        d = pairwise_distance(feats(ds.query), feats(ds.gallery))
+        return evaluate(d, [i.pid for i in ds.query], [i.pid for i in ds.gallery], [i.camid for i in ds.query],
+                        [i.camid for i in ds.gallery], protocol="cross_camera").mAP
+
+    assert cross_map(0.0) > cross_map(0.999) + 0.05
+
+
+def test_camera_strength_must_be_a_fraction(tmp_path: Path) -> None:
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="camera_strength"):
+            generate(SynthConfig(ids=2, cams=2, camera_strength=bad), tmp_path / "x")

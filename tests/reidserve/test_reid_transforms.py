@@ -23,6 +23,7 @@ from reidserve.data import (
     random_erasing,
     resize,
 )
+from reidserve.data.transforms import ColorJitter
 from reidserve.errors import ReidserveError
 
 
@@ -191,3 +192,74 @@ def test_training_reader_decodes_like_the_service(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(ReidserveError, match="cannot read image"):
         load_image(tmp_path / "broken.png")
+
+
+# ----------------------------------------------------------------------------------------------
+# colour jitter
+# ----------------------------------------------------------------------------------------------
+
+
+def _old_pipeline(img: np.ndarray, size: tuple[int, int], pad: int, rng: np.random.Generator) -> np.ndarray:
+    """The training transform as it was before the colour-jitter option, from the public pieces."""
+    x = resize(img, size)
+    if rng.random() < 0.5:
+        x = hflip(x)
+    return random_erasing(normalize(pad_random_crop(x, pad, rng)), rng, p=0.5)
+
+
+def test_train_transform_without_colour_jitter_is_unchanged() -> None:
+    img = _image()
+    for tf in (TrainTransform((32, 16), pad=4), TrainTransform((32, 16), pad=4, color=ColorJitter())):
+        for seed in range(12):
+            np.testing.assert_array_equal(tf(img, np.random.default_rng(seed)),
+                                          _old_pipeline(img, (32, 16), 4, np.random.default_rng(seed)))
+
+
+def test_colour_jitter_on_a_grey_image_is_brightness_times_gain() -> None:
+    jitter = ColorJitter(brightness=0.2, contrast=0.3, saturation=0.4, gain=0.1)
+    grey = np.full((4, 3, 3), 100, np.uint8)
+    out = jitter(grey, np.random.default_rng(3))
+    draws = np.random.default_rng(3)
+    b = draws.uniform(0.8, 1.2)
+    draws.uniform(0.7, 1.3)  # contrast: nothing to stretch in a flat image
+    draws.uniform(0.6, 1.4)  # saturation: nothing to saturate in a grey image
+    g = draws.uniform(0.9, 1.1, size=3)
+    expected = np.round(100 * b * g).astype(np.uint8)
+    assert np.abs(out.astype(int) - expected[None, None, :]).max() <= 1
+    assert (out == out[0, 0]).all()
+
+
+def test_colour_jitter_contrast_and_saturation() -> None:
+    two = np.array([[[50, 50, 50], [150, 150, 150]]], np.uint8)  # mean grey 100
+    out = ColorJitter(contrast=0.5)(two, np.random.default_rng(0))
+    draws = np.random.default_rng(0)
+    draws.uniform(1.0, 1.0)  # brightness draw (amount 0)
+    c = draws.uniform(0.5, 1.5)
+    np.testing.assert_allclose(out[0, :, 0], [100 - 50 * c, 100 + 50 * c], atol=1)
+    red = np.array([[[200, 100, 0]]], np.uint8)  # grey level 100
+    draws = np.random.default_rng(1)
+    draws.uniform(1, 1), draws.uniform(1, 1)
+    s = draws.uniform(0.5, 1.5)
+    out = ColorJitter(saturation=0.5)(red, np.random.default_rng(1))
+    np.testing.assert_allclose(out[0, 0], np.clip([100 + 100 * s, 100, 100 - 100 * s], 0, 255), atol=1)
+
+
+def test_colour_jitter_options() -> None:
+    assert ColorJitter.of_strength(0.4) == ColorJitter(0.4, 0.4, 0.4, 0.2)
+    assert not ColorJitter().active and ColorJitter(gain=0.1).active
+    with pytest.raises(ValueError, match="saturation"):
+        ColorJitter(saturation=1.0)
+    with pytest.raises(ValueError, match="brightness"):
+        ColorJitter(brightness=-0.1)
+    img = _image()
+    tf = TrainTransform((32, 16), pad=4, color=ColorJitter.of_strength(0.4))
+    a, b = tf(img, np.random.default_rng(2)), tf(img, np.random.default_rng(2))
+    np.testing.assert_array_equal(a, b)  # still a function of the generator
+    assert not np.array_equal(a, TrainTransform((32, 16), pad=4)(img, np.random.default_rng(2)))
+
+
+def test_reid_train_transform_with_colour_jitter() -> None:
+    from reidserve.train import train_transform
+
+    assert train_transform((64, 32)).color is None
+    assert train_transform((64, 32), 0.3).color == ColorJitter.of_strength(0.3)

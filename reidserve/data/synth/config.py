@@ -42,6 +42,9 @@ class SynthConfig:
     distractors: int | None = None  # pid-0 gallery images; None = one per identity
     junk: int = 0  # pid -1 gallery images (background crops)
     jpeg_quality: int | None = None  # None = per-camera quality (60..95)
+    # how far each camera's look departs from a neutral camera: 1 = the full (hard) look, 0 = every camera
+    # neutral (no colour cast, plain grey background, no blur/noise/occluders); see world.soften_camera
+    camera_strength: float = 1.0
 
     def validate(self) -> SynthConfig:
         if not 2 <= self.ids <= 9999:
@@ -62,6 +65,8 @@ class SynthConfig:
             raise SynthError("distractors and junk must be >= 0")
         if self.jpeg_quality is not None and not 30 <= self.jpeg_quality <= 100:
             raise SynthError(f"jpeg_quality must be in 30..100, got {self.jpeg_quality}")
+        if not 0.0 <= self.camera_strength <= 1.0:
+            raise SynthError(f"camera_strength must be in [0, 1], got {self.camera_strength}")
         return self
 
     @property

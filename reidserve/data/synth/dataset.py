@@ -8,12 +8,13 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from pruneopt.common.files import atomic_write
 
 from .config import SynthConfig, SynthError, SynthResult
 from .render import render
-from .world import Camera, Identity, make_camera, make_identity, random_stream
+from .world import Camera, Identity, make_camera, make_identity, random_stream, soften_camera
 
 __all__ = ["generate"]
 
@@ -71,7 +72,10 @@ def _init_worker(cfg: SynthConfig) -> None:
 
 def _cameras(cfg: SynthConfig) -> list[Camera]:
     canvas = (2 * cfg.size[0], 2 * cfg.size[1])
-    return [make_camera(random_stream(cfg.seed, _TAG_CAMERA, c), canvas) for c in range(cfg.cams)]
+    cams = [make_camera(random_stream(cfg.seed, _TAG_CAMERA, c), canvas) for c in range(cfg.cams)]
+    if cfg.camera_strength != 1.0:  # the full look is the camera as drawn (and the bytes as before the option)
+        cams = [soften_camera(cam, cfg.camera_strength) for cam in cams]
+    return cams
 
 
 def _write_one(job: _Job) -> None:
@@ -153,12 +157,14 @@ def generate(
         num_train_ids=n_train,
         num_test_ids=cfg.ids - n_train,
     )
-    meta = {
+    meta: dict[str, Any] = {
         "generator": "reidserve.data.synth",
         "version": 1,
         "config": asdict(cfg),
         "counts": asdict(result),
     }
     meta["counts"].pop("root")
+    if cfg.camera_strength == 1.0:  # files of a default dataset stay byte-identical to those before the option
+        meta["config"].pop("camera_strength")
     atomic_write(root / "synth.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return result

@@ -6,6 +6,7 @@ the dataset's size, and a camera's look applies to everyone it sees (see :mod:`r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["RGB", "VIEWS", "Camera", "Identity", "cloth_colour", "darker", "jitter", "make_camera", "make_identity",
-           "random_stream"]
+           "random_stream", "soften_camera"]
 
 RGB = tuple[int, int, int]
 
@@ -241,6 +242,42 @@ def make_camera(rng: np.random.Generator, canvas: tuple[int, int]) -> Camera:
         occluder=jitter(rng, rng.integers(40, 200, 3), 5),
         background=Image.fromarray(_background(rng, int(hc * 1.4), int(wc * 3))),
         gradient=_gradient(hc // 2, wc // 2, (math.cos(ang), math.sin(ang)), light_strength),
+    )
+
+
+def soften_camera(cam: Camera, strength: float) -> Camera:
+    """``cam`` moved towards a neutral camera: ``strength`` 1 keeps it, 0 makes it neutral.
+
+    Neutral means unit colour gains, brightness, gamma, contrast and saturation, no light gradient, blur,
+    resolution drop, sensor noise, box misalignment or occluders, JPEG quality 95, the four viewpoints
+    equally likely, and a plain mid-grey background. In between, every property is interpolated (gains and
+    gamma geometrically, the background by blending with the grey), so a camera's look shrinks with it.
+    """
+    s = float(strength)
+
+    def lin(value: float, neutral: float) -> float:
+        return neutral + s * (value - neutral)
+
+    light = lin(cam.light_strength, 0.0)
+    grey = Image.new("RGB", cam.background.size, (128, 128, 128))
+    h, w = cam.gradient.shape
+    return dataclasses.replace(
+        cam,
+        gains=(cam.gains[0] ** s, cam.gains[1] ** s, cam.gains[2] ** s),
+        brightness=lin(cam.brightness, 1.0),
+        gamma=cam.gamma**s,
+        contrast=lin(cam.contrast, 1.0),
+        saturation=lin(cam.saturation, 1.0),
+        light_strength=light,
+        blur=lin(cam.blur, 0.0),
+        res_drop=(lin(cam.res_drop[0], 1.0), cam.res_drop[1]),
+        noise=lin(cam.noise, 0.0),
+        jpeg=int(round(lin(cam.jpeg, 95.0))),
+        views=(lin(cam.views[0], 0.25), lin(cam.views[1], 0.25), lin(cam.views[2], 0.25), lin(cam.views[3], 0.25)),
+        misalign=lin(cam.misalign, 0.0),
+        occlusion=lin(cam.occlusion, 0.0),
+        background=Image.blend(grey, cam.background, s),
+        gradient=_gradient(h, w, cam.light_dir, light),
     )
 
 
