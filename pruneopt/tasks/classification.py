@@ -74,7 +74,8 @@ class ClassificationSection:
     parent_lr: float = setting(0.1, "learning rate of the parent's training", cli=False)
     batch_size: int = setting(128, "batch size of the parent's training and of the final fine-tunes")
     train_limit: int | None = setting(None, "use only N training images", none="all", quick=12000)
-    val_size: int | None = setting(2000, "validation images that score each candidate", quick=1000)
+    val_size: int | None = setting(None, "validation images that score each candidate (the first N; the report "
+                                   "states it)", none="the whole validation split", quick=1000)
     bn_batches: int = setting(8, "training batches that recalibrate each candidate's batch norm", quick=5)
     finetune_steps: int = setting(60, "SGD steps of each candidate's fine-tune", quick=20)
     finetune_batch: int = setting(64, "batch size of each candidate's fine-tune", cli=False)
