@@ -61,7 +61,8 @@ def search_cmd(task: str, quick: bool, out: Path, data_dir: Path | None, workers
 
     --task names what a candidate's error is (see --task below); the winner, the initial space's best (random
     search + adaptive BN, EagleEye-style) and the baselines (uniform width, global mean-|w| L1, layer-normalised L1,
-    BN gamma), all within 0.005 of the primary regime's FLOPs, get the same final fine-tune and are scored once on
+    BN gamma), each within 0.005 of the primary regime's FLOPs where one lands there, get the same final fine-tune
+    and are scored once on
     the task's test data. Every candidate is fine-tuned with one seed and one data order (--seeding).
 
     \b

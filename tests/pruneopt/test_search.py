@@ -71,6 +71,8 @@ def test_search_produces_winner_report_and_database(reference) -> None:
         assert f["label"] == FINAL_LABELS[name]
     rs = s["regimes"]["0.5"]["r_star"]
     assert rs["ci_low"] <= rs["r_star"] <= rs["ci_high"]
+    assert s["config"]["val_size"] == 60 and s["parent"]["val_images"] == 50  # 1/6 of 300
+    assert s["parent"]["candidate_val_images"] == 50  # --val-size 60 of a 50-image split: all of them
     searched = [r for r in candidate_rows(reference) if r[0] != "noise"]
     near = [r for r in searched if abs(r[-1] - 0.5) <= FINAL_BAND]
     assert near and s["winner"]["in_final_band"] and s["winner"]["error"] == min(r[-2] for r in near)
@@ -233,3 +235,17 @@ def test_candidate_latency_is_measured_in_onnx_runtime(fake_data, tmp_path) -> N
     r = ev.evaluate(spec, seed=0)
     assert torch.get_num_threads() == before
     assert 0 < r.latency_b1_ms < r.latency_bn_ms
+
+
+def test_candidates_are_scored_on_the_whole_validation_split_by_default(fake_data, tmp_path) -> None:
+    from pruneopt.checkpoint import save_subnet
+    from pruneopt.models import build, default_spec
+    from pruneopt.tasks.classification import ClassificationEvaluator, ClassificationSettings, DataSettings
+
+    assert SearchConfig().section.val_size is None and ClassificationSettings("p").val_size is None
+    save_subnet(build(default_spec("resnet20", in_chans=1, num_classes=10)), tmp_path / "parent")
+    data = DataSettings(data_dir=str(fake_data))
+    whole = ClassificationEvaluator(ClassificationSettings(parent_dir=str(tmp_path / "parent"), data=data))
+    assert len(whole.val) == len(data.load()[1]) == 50
+    some = ClassificationEvaluator(ClassificationSettings(parent_dir=str(tmp_path / "parent"), data=data, val_size=20))
+    assert len(some.val) == 20
