@@ -11,13 +11,23 @@ where it stopped:
 1. **parent** -- the task loads or trains the parent; it is saved to ``runs/NAME/parent/``. A parent whose
    validation error is near chance (it removes less than 10% of a guess's errors) stops the search with the
    task's advice, unless ``force``;
-2. **initial** -- for every regime, sample ``samples`` subnetworks of the initial space and evaluate them;
-3. **analysis** -- per regime, a seeded bootstrap of R* (the FLOPs/params ratio of the best models);
-4. **refined** -- per regime, sample ``refined_samples`` fresh subnetworks with ``|R - R*| <= eps R*`` and
-   evaluate them; compare with the initial population (EDF shift, KS test, search cost);
-5. **winner** -- the best candidate of the primary (first) regime, both spaces;
-6. **finals** -- the winner and two baselines at the same FLOPs (uniform width; global L1 magnitude) get the same
-   final fine-tune by the task, then their test error; the winner is saved to ``runs/NAME/winner/``;
+2. **initial** -- for every regime, sample ``samples`` subnetworks of the initial space and evaluate them. With
+   ``seeding`` ``common`` (the default) every candidate of the search -- all populations, all regimes -- is
+   fine-tuned with one seed, hence one data order (common random numbers: scores differ by their specs); with
+   ``per-candidate``, each with its own;
+3. **noise** -- per regime, ``noise_specs`` initial candidates (best, median, worst for three) evaluated again with
+   ``noise_seeds`` extra seeds each: the population ``noise`` of the store (:meth:`Store.noise_floor`), the noise
+   floor the report sets the populations' differences against;
+4. **analysis** -- per regime, a seeded bootstrap of R* (the FLOPs/params ratio of the best models);
+5. **refined** -- per regime, sample ``refined_samples`` fresh subnetworks with ``|R - R*| <= eps R*`` (``refine_by``
+   ``global``) or inside a band around the best models' per-stage R vector (``stage``), and evaluate them;
+   compare with the initial population (EDF shift, KS test, search cost);
+6. **finals** -- the winner (the best candidate of the primary regime, both spaces), the initial space's best
+   (random search + adaptive BN, EagleEye-style; when it is not the winner) and the baselines at the same FLOPs
+   (uniform width; global mean-|w| L1; layer-normalised L1; BN gamma: :mod:`pruneopt.baselines`) get the same final
+   fine-tune by the task, then their test error; every one of them lies within ``FINAL_BAND`` (0.005) of the
+   regime's FLOPs fraction where any candidate does (the record says ``in_final_band``); the winner is saved to
+   ``runs/NAME/winner/``;
 7. **report** -- ``report.md``, plots and ``summary.json``, rendered from the store alone (``pruneopt analyze``).
 
 What a candidate's error is, how the parent is prepared, how the finals are fine-tuned and how the report words its
@@ -34,6 +44,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +52,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .analysis import bootstrap_r_star, compare
-from .baselines import global_l1_spec, uniform_spec
+from .baselines import FINAL_BAND, FINAL_LABELS, baseline_specs, uniform_spec
 from .checkpoint import load_subnet, save_subnet
 from .common.files import atomic_write_json
 from .common.threads import torch_threads
@@ -157,6 +168,16 @@ def stage_parent(ctx: Context) -> Path:
     return pdir
 
 
+def candidate_seed(cfg: SearchConfig, name: str, regime: float, index: int) -> int:
+    """The fine-tune seed of a candidate: with ``seeding`` ``common`` (the default) one seed -- hence one data
+    order and one batch-norm calibration -- for every candidate of the search, so that their scores differ by their
+    specs alone; with ``per-candidate``, each candidate's own."""
+    c = cfg.common
+    if c.seeding == "per-candidate":
+        return derive_seed(c.seed, "eval", name, regime, index)
+    return derive_seed(c.seed, "eval")
+
+
 def add_population(ctx: Context, space: PruningSpace, name: str, regime: float, n: int) -> None:
     key = f"sampled:{name}:{regime:g}"
     if ctx.store.stage(key) is not None:
@@ -167,12 +188,33 @@ def add_population(ctx: Context, space: PruningSpace, name: str, regime: float, 
     rows = []
     for i, rec in enumerate(samples.records()):
         spec = samples.spec(i)
-        rows.append({"space": name, "regime": regime, "idx": i, "seed": derive_seed(seed, "eval", name, regime, i),
+        rows.append({"space": name, "regime": regime, "idx": i, "seed": candidate_seed(ctx.cfg, name, regime, i),
                      "spec": spec.to_json(), "spec_hash": spec.hash(), "macs": rec["macs"], "params": rec["params"],
                      "ratio": rec["ratio"], "flops_fraction": rec["flops_fraction"]})
     ctx.store.add_candidates(rows)
     ctx.store.set_stage(key, {"acceptance_rate": samples.acceptance_rate, "drawn": samples.drawn, "seed": sseed,
                               "constraints": [c.to_dict() for c in space.constraints]})
+
+
+def add_noise(ctx: Context, regime: float) -> None:
+    """The noise-floor population of ``regime`` (``noise``): ``noise_specs`` initial candidates spread from the
+    best to the worst by error (best, median, worst for three), each queued again with ``noise_seeds`` extra
+    fine-tune seeds -- the same seeds for every spec, none of them a candidate's -- so that the spread of one spec's
+    error over seeds can be set against the spread between specs."""
+    c = ctx.cfg.common
+    key = f"sampled:noise:{regime:g}"
+    if c.noise_specs == 0 or c.noise_seeds == 0 or ctx.store.stage(key) is not None:
+        return
+    rows = sorted(ctx.store.rows("initial", regime), key=lambda r: (r["error"], r["id"]))
+    if not rows:
+        return
+    picks = sorted({int(round(x)) for x in np.linspace(0, len(rows) - 1, min(c.noise_specs, len(rows)))})
+    seeds = [derive_seed(c.seed, "noise", k) for k in range(c.noise_seeds)]
+    copied = ("spec", "spec_hash", "macs", "params", "ratio", "flops_fraction")
+    ctx.store.add_candidates([{**{k: rows[p][k] for k in copied}, "space": "noise", "regime": regime,
+                               "idx": j * len(seeds) + k, "seed": seed}
+                              for j, p in enumerate(picks) for k, seed in enumerate(seeds)])
+    ctx.store.set_stage(key, {"candidate_ids": [rows[p]["id"] for p in picks], "seeds": seeds})
 
 
 def evaluate_all(ctx: Context, settings: dict[str, Any], space: str) -> None:
@@ -224,6 +266,32 @@ def stage_analysis(ctx: Context, regime: float) -> dict[str, Any]:
     return payload
 
 
+def refined_space(ctx: Context, space: PruningSpace, regime: float, analysis: dict[str, Any]) -> PruningSpace:
+    """The refined space of ``regime``: ``|R - R*| <= eps R*`` (``refine_by`` global), or a band around the best
+    candidates' per-stage R vector (``refine_by`` stage, :func:`stage_constraint`)."""
+    if ctx.cfg.common.refine_by == "stage":
+        return space.with_constraints(stage_constraint(ctx, space, regime))
+    return space.with_constraints(RatioConstraint(analysis["r_star"], analysis["eps"]))
+
+
+def stage_constraint(ctx: Context, space: PruningSpace, regime: float) -> Any:
+    """The per-stage R band of ``regime`` from its initial population (recorded as stage ``rstar_stage:REGIME``:
+    the centre vector and its interval)."""
+    # pruneopt.buckets and space.StageRatioConstraint come with the statistics branch (WP-P2): looked up by name
+    # until it is merged, then imported at the top like the rest
+    buckets, space_mod = import_module("pruneopt.buckets"), import_module("pruneopt.space")
+    key = f"rstar_stage:{regime:g}"
+    done = ctx.store.stage(key)
+    if done is None:
+        rows = ctx.store.rows("initial", regime)
+        widths = np.array([ModelSpec.from_json(r["spec"]).widths for r in rows], dtype=np.int64)
+        errors = np.array([r["error"] for r in rows])
+        center, interval = buckets.stage_r_star(errors, buckets.stage_ratios(space, widths), ctx.cfg.common.top)
+        done = {"center": np.asarray(center).tolist(), "interval": np.asarray(interval).tolist()}
+        ctx.store.set_stage(key, done)
+    return space_mod.StageRatioConstraint(np.asarray(done["center"]), np.asarray(done["interval"]))
+
+
 def stage_compare(ctx: Context, regime: float) -> dict[str, Any]:
     init = np.array([r["error"] for r in ctx.store.rows("initial", regime)])
     ref = np.array([r["error"] for r in ctx.store.rows("refined", regime)])
@@ -232,47 +300,70 @@ def stage_compare(ctx: Context, regime: float) -> dict[str, Any]:
     return c
 
 
-def stage_winner(ctx: Context) -> dict[str, Any]:
-    """The best finished candidate of the primary regime, both spaces (ties: the earlier one)."""
-    winner = ctx.store.stage("winner")
-    if winner is None:
+def stage_winner(ctx: Context, name: str = "winner") -> dict[str, Any]:
+    """The best finished candidate of the primary regime within ``FINAL_BAND`` of its FLOPs fraction (ties: the
+    earlier one): of both spaces for the ``winner``, of the initial space for ``initial_best`` (random search with
+    adaptive BN, EagleEye-style). Where no candidate lands that close, the best of the regime's band, recorded
+    with ``in_final_band`` false and said."""
+    picked = ctx.store.stage(name)
+    if picked is None:
         primary = ctx.cfg.common.regimes[0]
-        rows = ctx.store.rows(None, primary)
+        spaces = ("initial", "refined") if name == "winner" else ("initial",)
+        rows = [r for space in spaces for r in ctx.store.rows(space, primary)]
         if not rows:
             raise PruneoptError(f"no finished candidate at regime {primary:g}")
-        best = min(rows, key=lambda r: (r["error"], r["id"]))
-        winner = {"candidate_id": best["id"], "space": best["space"], "error": best["error"], "spec": best["spec"]}
-        ctx.store.set_stage("winner", winner)
-    return winner
+        inside = [r for r in rows if abs(r["flops_fraction"] - primary) <= FINAL_BAND + 1e-12]
+        best = min(inside or rows, key=lambda r: (r["error"], r["id"]))
+        picked = {"candidate_id": best["id"], "space": best["space"], "error": best["error"], "spec": best["spec"],
+                  "flops_fraction": best["flops_fraction"], "final_band": FINAL_BAND, "in_final_band": bool(inside)}
+        if not inside:
+            ctx.say(f"warning: no finished candidate lies within +-{FINAL_BAND:g} of regime {primary:g}; the "
+                    f"{name} is the best of the band, at {best['flops_fraction']:.4f} of the parent's FLOPs")
+        ctx.store.set_stage(name, picked)
+    return picked
 
 
 def stage_finals(ctx: Context, parent_dir: Path) -> None:
-    """The winner and the two baselines, fine-tuned alike by the task; each recorded as it finishes."""
+    """The winner, the initial space's best (when it is not the winner) and the baselines
+    (:data:`~pruneopt.baselines.FINAL_LABELS`), fine-tuned alike by the task; each recorded as it finishes, with
+    whether it lands within ``FINAL_BAND`` of the regime."""
     cfg, store, task = ctx.cfg, ctx.store, ctx.task
-    winner = stage_winner(ctx)
+    winner, initial_best = stage_winner(ctx), stage_winner(ctx, "initial_best")
     parent = load_subnet(parent_dir)
     space = make_space(cfg, spec_of(parent))
     regime = Regime(cfg.common.regimes[0], cfg.common.band)
-    models = {
-        "winner": ModelSpec.from_json(winner["spec"]),
-        "uniform": uniform_spec(space, regime),
-        "global_l1": global_l1_spec(parent, space, regime),
-    }
+    models = {"winner": ModelSpec.from_json(winner["spec"])}
+    if initial_best["candidate_id"] != winner["candidate_id"]:
+        models["initial_best"] = ModelSpec.from_json(initial_best["spec"])
+    models.update(baseline_specs(parent, space, regime))
     pending = {name: spec for name, spec in models.items() if store.stage(f"final:{name}") is None}
     if not pending:
+        _same_as_winner(ctx, models)
         return
     hw = input_hw(cfg)
     parent_macs = count(spec_of(parent), hw).macs
     for final in task.finetune_finals(ctx, parent_dir, parent, pending):
         spec = pending[final.name]
         c = count(spec, hw)
+        fraction = c.macs / parent_macs
         result = {"spec": spec.to_dict(), "macs": c.macs, "params": c.params, "ratio": c.ratio,
-                  "flops_fraction": c.macs / parent_macs, **final.figures}
+                  "flops_fraction": fraction, "label": FINAL_LABELS[final.name],
+                  "in_final_band": abs(fraction - regime.fraction) <= FINAL_BAND + 1e-12, **final.figures}
         if final.name == "winner":
             save_subnet(final.model, ctx.root / "winner", task.preprocess(cfg))
         store.set_stage(f"final:{final.name}", result)
         ctx.say(f"final {final.name}: test {task.describe_error(result['test_error'])} at "
                 f"{result['flops_fraction']:.3f} of the parent's FLOPs")
+    _same_as_winner(ctx, models)
+
+
+def _same_as_winner(ctx: Context, models: dict[str, ModelSpec]) -> None:
+    """When the initial space's best is the winner, its final is the winner's (recorded once, ``same_as``)."""
+    if "initial_best" in models or ctx.store.stage("final:initial_best") is not None:
+        return
+    won = ctx.store.stage("final:winner")
+    if won is not None:
+        ctx.store.set_stage("final:initial_best", {**won, "label": FINAL_LABELS["initial_best"], "same_as": "winner"})
 
 
 def run_search(cfg: SearchConfig, out: str | Path, *, workers: int = 1, backend: str = "local",
@@ -307,8 +398,10 @@ def run_search(cfg: SearchConfig, out: str | Path, *, workers: int = 1, backend:
             add_population(ctx, space, "initial", r, c.samples)
         evaluate_all(ctx, settings, "initial")
         for r in c.regimes:
-            a = stage_analysis(ctx, r)
-            add_population(ctx, space.with_constraints(RatioConstraint(a["r_star"], a["eps"])), "refined", r,
+            add_noise(ctx, r)
+        evaluate_all(ctx, settings, "noise")
+        for r in c.regimes:
+            add_population(ctx, refined_space(ctx, space, r, stage_analysis(ctx, r)), "refined", r,
                            c.refined_samples)
         evaluate_all(ctx, settings, "refined")
         for r in c.regimes:

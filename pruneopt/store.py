@@ -1,9 +1,10 @@
 """The results store of a search run: one SQLite file per run (``runs/NAME/search.db``), in WAL mode.
 
 It holds the run's config, one row per candidate subnetwork (space, regime, spec, FLOPs, params, R, status,
-error, latency, wall time, worker, message), an append-only log of finished evaluations, and the results of the
-run's finished stages (parent, analysis, winner, final numbers), so that a report can be re-rendered from the
-database alone.
+error, latency, wall time, worker, message; the ``space`` is the population: ``initial``, ``refined``, or ``noise``
+for the re-evaluations of a few initial specs with extra seeds, :meth:`Store.noise_floor`), an append-only log of
+finished evaluations, and the results of the run's finished stages (parent, analysis, winner, final numbers), so
+that a report can be re-rendered from the database alone.
 
 A run folder keeps the config it was created with: re-running with other options is refused while any candidate
 has finished (its results belong to that config), but a folder in which none has may be re-used -- the store then
@@ -230,6 +231,11 @@ class Store:
             args.append(status)
         sql, args = _filter(sql, args, space, regime)
         return [dict(r) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+    def noise_floor(self, regime: float) -> list[tuple[str, int, float]]:
+        """The finished evaluations of the noise-floor population (``noise``) of ``regime``: ``(spec_hash, seed,
+        error)`` per spec and extra seed, in id order (the specs' own initial evaluations are not included)."""
+        return [(r["spec_hash"], r["seed"], r["error"]) for r in self.rows("noise", regime)]
 
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT status, COUNT(*) FROM candidates GROUP BY status")}

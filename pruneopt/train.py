@@ -38,7 +38,8 @@ Data = Split | FileSplit
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD with momentum, cosine learning rate, label smoothing 0 -- the usual CIFAR-style recipe."""
+    """SGD with momentum, cosine learning rate, label smoothing 0 -- the usual CIFAR-style recipe; a linear warm-up
+    of ``warmup_steps``, capped at a tenth of the run (:func:`warmup_steps`)."""
 
     epochs: int = 3
     batch_size: int = 128
@@ -62,6 +63,15 @@ def _sgd(params: list[nn.Parameter], lr: float, momentum: float, weight_decay: f
     no_decay = [p for p in params if p.dim() <= 1]  # no weight decay on batch norm and biases
     return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
                            lr=lr, momentum=momentum, nesterov=True)
+
+
+WARMUP_FRACTION = 0.1  # warm-up takes at most this fraction of a run's steps
+
+
+def warmup_steps(configured: int, total: int) -> int:
+    """The warm-up of a run of ``total`` steps: the configured one, capped at ``WARMUP_FRACTION`` of the run (a
+    short run must leave its warm-up, and spend most of its steps at the learning rate it was given)."""
+    return max(0, min(configured, int(WARMUP_FRACTION * total)))
 
 
 def _lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -158,6 +168,7 @@ def train(
     place(model, feed)
     opt = _sgd(_trainable(model, only), cfg.lr, cfg.momentum, cfg.weight_decay)
     step_fn = Stepper(model, opt, feed, precision)
+    warmup = warmup_steps(cfg.warmup_steps, total)
     start_epoch = 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.is_file():
@@ -173,7 +184,7 @@ def train(
         for i, (x, y) in enumerate(batches(data, cfg.batch_size, gen, feed=feed)):
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, cfg.lr, cfg.warmup_steps)
+                g["lr"] = _lr_at(step, total, cfg.lr, warmup)
             loss = step_fn(x, y)
             if progress is not None:
                 progress(step + 1, total, loss.item())

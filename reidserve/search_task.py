@@ -50,7 +50,7 @@ from pruneopt.evaluate import EvalResult, onnx_latency_ms
 from pruneopt.models import ModelSpec
 from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from pruneopt.seeds import derive_seed
-from pruneopt.tasks.base import ConfigView, FinalResult, ParentResult, RunContext, fmt
+from pruneopt.tasks.base import ConfigView, FinalResult, ParentResult, RunContext, final_rows, fmt
 from pruneopt.tasks.sections import existing_folder, setting
 from pruneopt.thinning import thin
 
@@ -376,11 +376,9 @@ class ReidTask:
         lines = ["## Winner vs baselines (same final fine-tune)", "",
                  "| model | FLOPs fraction | MACs | params | R | test mAP | test rank-1 |",
                  "|---|---|---|---|---|---|---|"]
-        for name in ("winner", "uniform", "global_l1"):
-            f = summary["finals"].get(name)
-            if f:
-                lines.append(f"| {name} | {f['flops_fraction']:.3f} | {f['macs']:,} | {f['params']:,} | "
-                             f"{f['ratio']:.1f} | {fmt(f.get('test_map'))} | {fmt(f.get('test_rank1'))} |")
+        for name, f in final_rows(summary):
+            lines.append(f"| {name} | {f['flops_fraction']:.3f} | {f['macs']:,} | {f['params']:,} | "
+                         f"{f['ratio']:.1f} | {fmt(f.get('test_map'))} | {fmt(f.get('test_rank1'))} |")
         lines += ["", "The fine-tuned winner -- backbone, GeM, BN neck and L2, the model scored above -- is the "
                   "re-ID model folder `winner/` (`pruneopt export` exports it whole); each final's is in "
                   "`final/MODEL/run/model/`.", ""]

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..baselines import FINAL_LABELS
 from ..devices import default_workers, resolve_device
 from ..errors import PruneoptError
 from ..report import render_report
@@ -58,8 +59,11 @@ def search_cmd(task: str, quick: bool, out: Path, data_dir: Path | None, workers
     """Search a pruning space: evaluate populations of subnetworks, find the winning FLOPs/params ratio R*,
     refine the space around it, and deliver a winner (runs/NAME/winner) with a report.
 
-    --task names what a candidate's error is (see --task below); the winner and the two baselines (uniform width,
-    global L1) get the same final fine-tune and are scored once on the task's test data.
+    --task names what a candidate's error is (see --task below); the winner, the initial space's best (random
+    search + adaptive BN, EagleEye-style) and the baselines (uniform width, global mean-|w| L1, layer-normalised L1,
+    BN gamma), each within 0.005 of the primary regime's FLOPs where one lands there, get the same final fine-tune
+    and are scored once on
+    the task's test data. Every candidate is fine-tuned with one seed and one data order (--seeding).
 
     \b
     pruneopt search --arch resnet20 --data fashion-mnist --regimes 0.5 --samples 64 --out runs/r20 --workers 2
@@ -110,11 +114,11 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     """The finals, R* per regime and the task's caveats, in a few lines."""
     task = get_task(summary["task"])
     finals = summary.get("finals") or {}
-    for name in ("winner", "uniform", "global_l1"):
+    for name in FINAL_LABELS:
         f = finals.get(name)
         if f:
-            click.echo(f"{name:>10}: test {task.score_name} {1 - f['test_error']:.4f} at {f['flops_fraction']:.3f} of "
-                       f"the parent's FLOPs (R = {f['ratio']:.1f})")
+            click.echo(f"{name:>12}: test {task.score_name} {1 - f['test_error']:.4f} at {f['flops_fraction']:.3f} "
+                       f"of the parent's FLOPs (R = {f['ratio']:.1f})" + (" = the winner" if f.get("same_as") else ""))
     for key, v in (summary.get("regimes") or {}).items():
         rs, c = v.get("r_star") or {}, v.get("compare") or {}
         if rs:

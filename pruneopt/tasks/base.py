@@ -36,6 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
+from ..baselines import FINAL_LABELS
 from ..evaluate import Evaluator
 from ..models import ModelSpec
 from ..preprocess import Preprocess
@@ -84,6 +85,16 @@ class RunContext(Protocol):
 def fmt(x: float | None, spec: str = ".4f") -> str:
     """A figure in a report: ``n/a`` when missing or not finite."""
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def final_rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The finals of a summary in report order, each named by its label (``same_as`` another: said so)."""
+    rows = []
+    for key, label in FINAL_LABELS.items():
+        f = summary["finals"].get(key)
+        if f:
+            rows.append((f"{label}{' (= the winner)' if f.get('same_as') else ''}", f))
+    return rows
 
 
 @dataclass

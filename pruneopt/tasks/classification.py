@@ -11,10 +11,13 @@ folder.
 
   1. thin the trained parent to the spec, keeping the largest-L1 filters (:func:`pruneopt.thinning.thin`);
   2. recalibrate batch norm on a few training batches (adaptive BN: train mode, no gradients);
-  3. fine-tune briefly: a fixed number of SGD steps on the training split, the same budget for every candidate;
-  4. score top-1 error on the validation split (never the test split);
+  3. fine-tune briefly: a fixed number of SGD steps on the training split, the same budget for every candidate
+     (and, with the search's default ``--seeding common``, the same seed: the same batches in the same order);
+  4. score top-1 error on the validation split (never the test split): all of it, or its first ``--val-size``
+     images (the parent's record says how many: ``candidate_val_images``);
 
-* **finals** -- ``final_epochs`` epochs of SGD for the winner and each baseline, then top-1 test error.
+* **finals** -- ``final_epochs`` epochs of SGD for the winner and each baseline, seeded alike, then top-1 test
+  error.
 
 Training runs on ``--device`` (each evaluation worker on its own GPU with ``cuda``); image files are decoded in
 ``--loader-workers`` processes.
@@ -74,7 +77,8 @@ class ClassificationSection:
     parent_lr: float = setting(0.1, "learning rate of the parent's training", cli=False)
     batch_size: int = setting(128, "batch size of the parent's training and of the final fine-tunes")
     train_limit: int | None = setting(None, "use only N training images", none="all", quick=12000)
-    val_size: int | None = setting(2000, "validation images that score each candidate", quick=1000)
+    val_size: int | None = setting(None, "validation images that score each candidate (the first N; the report "
+                                   "states it)", none="the whole validation split", quick=1000)
     bn_batches: int = setting(8, "training batches that recalibrate each candidate's batch norm", quick=5)
     finetune_steps: int = setting(60, "SGD steps of each candidate's fine-tune", quick=20)
     finetune_batch: int = setting(64, "batch size of each candidate's fine-tune", cli=False)

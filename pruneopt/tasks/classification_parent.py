@@ -3,7 +3,8 @@ classifier is replaced (and trained, the rest frozen) when its class count is no
 
 :func:`prepare_parent` returns the network and the record of the ``parent`` stage: where it came from, the head
 replacement, the data and input it was scored with, its validation and test errors, and what a guess would score
-(``chance_error``) with the advice the engine gives when the parent is no better than that.
+(``chance_error``) with the advice the engine gives when the parent is no better than that, and how many
+validation images there are (``val_images``) and score each candidate (``candidate_val_images``: ``--val-size``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def prepare_parent(ctx: RunContext, folder: Path, source: ParentSource, data: tu
     record = {"source": origin, "val_error": val_err, "test_error": test_err, "spec": spec_of(model).to_dict(),
               "kind": source.kind, "head": head, "data": describe_data, "input": feed.to_dict(),
               "chance_error": 1.0 - 1.0 / num_classes, "near_chance_advice": _advice(source, head, s.parent_epochs),
-              "skipped_images": len(skipped_images())}
+              "skipped_images": len(skipped_images()), "val_images": len(val),
+              "candidate_val_images": len(val) if s.val_size is None else min(s.val_size, len(val))}
     message = f"parent {spec_of(model).arch}: val error {val_err:.4f}, test error {test_err:.4f}"
     if head is not None:
         message += f" (its {head['from_classes']}-class head replaced, trained {head['epochs']} epoch(s))"

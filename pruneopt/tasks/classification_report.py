@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import fmt
+from .base import final_rows, fmt
 
 
 def _numbers(values: list[float]) -> str:
@@ -50,12 +50,10 @@ class ReportWording:
         lines = ["## Winner vs baselines (same final fine-tune)", "",
                  "| model | FLOPs fraction | MACs | params | R | val error | test error | test accuracy |",
                  "|---|---|---|---|---|---|---|---|"]
-        for name in ("winner", "uniform", "global_l1"):
-            f = summary["finals"].get(name)
-            if f:
-                lines.append(f"| {name} | {f['flops_fraction']:.3f} | {f['macs']:,} | {f['params']:,} | "
-                             f"{f['ratio']:.1f} | {fmt(f['val_error'])} | {fmt(f['test_error'])} | "
-                             f"{fmt(1 - f['test_error'])} |")
+        for name, f in final_rows(summary):
+            lines.append(f"| {name} | {f['flops_fraction']:.3f} | {f['macs']:,} | {f['params']:,} | "
+                         f"{f['ratio']:.1f} | {fmt(f['val_error'])} | {fmt(f['test_error'])} | "
+                         f"{fmt(1 - f['test_error'])} |")
         lines.append("")
         return lines
 

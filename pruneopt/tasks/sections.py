@@ -148,6 +148,10 @@ def existing_parent(text: str, option: str) -> str:
     raise PruneoptError(f"{option} {text}: not a folder (nor a {', '.join(STATE_SUFFIXES)} state-dict file)")
 
 
+SEEDINGS = ("common", "per-candidate")  # --seeding
+REFINE_BY = ("global", "stage")  # --refine-by
+
+
 @dataclass(frozen=True)
 class CommonConfig:
     """The settings every search has, whatever its task (see :mod:`pruneopt.search`)."""
@@ -158,7 +162,7 @@ class CommonConfig:
     data: str = setting("fashion-mnist", "What the task searches on (see --task)", metavar="NAME|DIR")
     regimes: tuple[float, ...] = setting((0.5,), "Comma-separated FLOPs regimes (fractions of the parent's FLOPs); "
                                          "the first is the primary", metavar="F1,F2,...", parse=parse_regimes)
-    band: float = setting(0.02, "Absolute half-width of each regime")
+    band: float = setting(0.01, "Absolute half-width of each regime (the finals land within +-0.005)")
     samples: int = setting(64, "Subnetworks sampled and evaluated per regime in the initial space", quick=16)
     refined_samples: int = setting(64, "Fresh subnetworks per regime in the refined space", quick=16)
     seed: int = setting(0, "Seed of everything: sampling, training, bootstrap")
@@ -175,6 +179,14 @@ class CommonConfig:
                                  "naming", none="trained in the run, where the task can", metavar="DIR|FILE",
                                  parse=existing_parent)
     latency: bool = setting(False, "Also measure each candidate's ONNX Runtime CPU latency", flag=True)
+    seeding: str = setting("common", "Fine-tune seeds of the candidates: common (one seed and one data order for "
+                           "every candidate, so scores differ by their specs) or per-candidate (each its own)",
+                           choices=SEEDINGS)
+    noise_specs: int = setting(3, "Initial candidates (spread from best to worst) re-evaluated with extra seeds to "
+                               "measure the noise floor, per regime (0: none)", quick=2)
+    noise_seeds: int = setting(3, "Extra fine-tune seeds of each noise-floor candidate (0: none)", quick=2)
+    refine_by: str = setting("global", "What the refined space constrains: global (R = FLOPs/params of the whole "
+                             "network) or stage (the vector of per-stage R)", choices=REFINE_BY)
 
     def __post_init__(self) -> None:
         get_arch(self.arch)
@@ -186,3 +198,10 @@ class CommonConfig:
             raise PruneoptError("--samples must be at least 4 (an EDF of fewer models says nothing)")
         if self.eps is not None and not 0 < self.eps < 1:
             raise PruneoptError(f"--eps must be in (0, 1), got {self.eps}")
+        if self.seeding not in SEEDINGS:
+            raise PruneoptError(f"--seeding must be one of {', '.join(SEEDINGS)}, got {self.seeding!r}")
+        if self.refine_by not in REFINE_BY:
+            raise PruneoptError(f"--refine-by must be one of {', '.join(REFINE_BY)}, got {self.refine_by!r}")
+        if not 0 <= self.noise_specs <= self.samples or self.noise_seeds < 0:
+            raise PruneoptError(f"--noise-specs must be in [0, --samples] and --noise-seeds >= 0, got "
+                                f"{self.noise_specs} and {self.noise_seeds}")

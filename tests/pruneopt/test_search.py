@@ -13,16 +13,20 @@ from pathlib import Path
 
 import pytest
 
+from pruneopt.baselines import FINAL_BAND, FINAL_LABELS
 from pruneopt.cli import main
 from pruneopt.search import SearchConfig, run_search
+from pruneopt.seeds import derive_seed
 from pruneopt.store import Store
 
 from .test_data import make_fake_dataset
 
-TINY = dict(samples=4, refined_samples=4, band=0.05, parent_epochs=1, batch_size=64, bn_batches=2, finetune_steps=2,
-            val_size=60, final_epochs=1)
-CLI_TINY = ["--samples", "4", "--refined-samples", "4", "--band", "0.05", "--parent-epochs", "1", "--batch-size", "64",
-            "--bn-batches", "2", "--finetune-steps", "2", "--val-size", "60", "--final-epochs", "1"]
+TINY = dict(samples=4, refined_samples=4, band=0.01, parent_epochs=1, batch_size=64, bn_batches=2, finetune_steps=2,
+            val_size=60, noise_specs=2, noise_seeds=2, final_epochs=1)
+CLI_TINY = ["--samples", "4", "--refined-samples", "4", "--band", "0.01", "--parent-epochs", "1", "--batch-size", "64",
+            "--bn-batches", "2", "--finetune-steps", "2", "--val-size", "60", "--noise-specs", "2",
+            "--noise-seeds", "2", "--final-epochs", "1"]
+DONE = 4 + 4 + 2 * 2  # initial, refined, noise floor (2 specs x 2 seeds)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,8 @@ def cfg(**kw) -> SearchConfig:
 
 def candidate_rows(run: Path) -> list[tuple]:
     with Store.open(run, None, readonly=True) as s:
-        return [(r["space"], r["regime"], r["idx"], r["spec_hash"], r["seed"], r["error"]) for r in s.rows()]
+        return [(r["space"], r["regime"], r["idx"], r["spec_hash"], r["seed"], r["error"], r["flops_fraction"])
+                for r in s.rows()]
 
 
 def winner(run: Path) -> dict:
@@ -59,15 +64,20 @@ def test_search_produces_winner_report_and_database(reference) -> None:
                  "rstar_by_regime.png", "winner/spec.json", "winner/weights.safetensors", "parent/spec.json"):
         assert (reference / name).is_file(), name
     s = json.loads((reference / "summary.json").read_text())
-    assert s["candidates"] == {"done": 8}
-    assert set(s["finals"]) == {"winner", "uniform", "global_l1"}
-    for f in s["finals"].values():
-        assert abs(f["flops_fraction"] - 0.5) <= 0.05 and 0 <= f["test_error"] <= 1
+    assert s["candidates"] == {"done": DONE}
+    assert set(s["finals"]) == set(FINAL_LABELS)
+    for name, f in s["finals"].items():  # the winner and every baseline within +-0.005 of the regime
+        assert f["in_final_band"] and abs(f["flops_fraction"] - 0.5) <= FINAL_BAND and 0 <= f["test_error"] <= 1
+        assert f["label"] == FINAL_LABELS[name]
     rs = s["regimes"]["0.5"]["r_star"]
     assert rs["ci_low"] <= rs["r_star"] <= rs["ci_high"]
-    assert s["winner"]["error"] == min(r[-1] for r in candidate_rows(reference))
+    assert s["config"]["val_size"] == 60 and s["parent"]["val_images"] == 50  # 1/6 of 300
+    assert s["parent"]["candidate_val_images"] == 50  # --val-size 60 of a 50-image split: all of them
+    searched = [r for r in candidate_rows(reference) if r[0] != "noise"]
+    near = [r for r in searched if abs(r[-1] - 0.5) <= FINAL_BAND]
+    assert near and s["winner"]["in_final_band"] and s["winner"]["error"] == min(r[-2] for r in near)
     report = (reference / "report.md").read_text()
-    assert "Winner vs baselines" in report and "global_l1" in report
+    assert "Winner vs baselines" in report and FINAL_LABELS["bn_gamma"] in report
     # the parent and the winner record how their inputs are made (Fashion-MNIST: grey 28x28, its mean/std)
     from pruneopt.data.fashion_mnist import MEAN, STD
     from pruneopt.preprocess import read_preprocess
@@ -84,7 +94,7 @@ def test_analyze_rerenders_from_the_database_alone(reference, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main(["analyze", str(reference), "--json"])
     assert info.value.code == 0
-    assert json.loads(capsys.readouterr().out)["candidates"] == {"done": 8}
+    assert json.loads(capsys.readouterr().out)["candidates"] == {"done": DONE}
     assert (reference / "report.md").is_file() and (reference / "edf_0.5.png").is_file()
 
 
@@ -116,14 +126,35 @@ def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(reference, fa
     assert proc.poll() is None, f"search ended before it could be killed: {proc.stderr.read()}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 2 <= done < 8
+    assert 2 <= done < DONE
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert candidate_rows(out) == candidate_rows(reference)
     assert winner(out) == winner(reference)
     with Store.open(out, None, readonly=True) as s:
         counts = s.evaluation_counts()
-    assert len(counts) == 8 and set(counts.values()) == {1}  # no candidate evaluated twice
+    assert len(counts) == DONE and set(counts.values()) == {1}  # no candidate evaluated twice
+
+
+def test_every_candidate_shares_one_fine_tune_seed_and_a_new_seed_changes_the_scores(reference, fake_data,
+                                                                                    tmp_path) -> None:
+    rows = candidate_rows(reference)
+    searched = [r for r in rows if r[0] != "noise"]
+    assert {r[4] for r in searched} == {derive_seed(0, "eval")}  # common random numbers: one seed, one data order
+    out = tmp_path / "seed1"
+    run_search(cfg(seed=1), out, workers=1, threads=1, data_dir=str(fake_data), show_progress=False, force=True)
+    other = candidate_rows(out)
+    assert {r[4] for r in other if r[0] != "noise"} == {derive_seed(1, "eval")}
+    assert [r[5] for r in other] != [r[5] for r in rows]
+
+
+def test_the_noise_floor_re_evaluates_initial_specs_with_extra_seeds(reference) -> None:
+    with Store.open(reference, None, readonly=True) as s:
+        floor, initial = s.noise_floor(0.5), s.rows("initial", 0.5)
+    seeds = [derive_seed(0, "noise", k) for k in range(2)]
+    ranked = sorted(initial, key=lambda r: (r["error"], r["id"]))
+    assert [(h, seed) for h, seed, _ in floor] == [(ranked[i]["spec_hash"], k) for i in (0, -1) for k in seeds]
+    assert derive_seed(0, "eval") not in seeds and all(0 <= e <= 1 for _, _, e in floor)
 
 
 def test_local_pool_gives_the_same_results(reference, fake_data, tmp_path) -> None:
@@ -204,3 +235,17 @@ def test_candidate_latency_is_measured_in_onnx_runtime(fake_data, tmp_path) -> N
     r = ev.evaluate(spec, seed=0)
     assert torch.get_num_threads() == before
     assert 0 < r.latency_b1_ms < r.latency_bn_ms
+
+
+def test_candidates_are_scored_on_the_whole_validation_split_by_default(fake_data, tmp_path) -> None:
+    from pruneopt.checkpoint import save_subnet
+    from pruneopt.models import build, default_spec
+    from pruneopt.tasks.classification import ClassificationEvaluator, ClassificationSettings, DataSettings
+
+    assert SearchConfig().section.val_size is None and ClassificationSettings("p").val_size is None
+    save_subnet(build(default_spec("resnet20", in_chans=1, num_classes=10)), tmp_path / "parent")
+    data = DataSettings(data_dir=str(fake_data))
+    whole = ClassificationEvaluator(ClassificationSettings(parent_dir=str(tmp_path / "parent"), data=data))
+    assert len(whole.val) == len(data.load()[1]) == 50
+    some = ClassificationEvaluator(ClassificationSettings(parent_dir=str(tmp_path / "parent"), data=data, val_size=20))
+    assert len(some.val) == 20

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pruneopt.baselines import FINAL_LABELS
 from pruneopt.checkpoint import load_subnet, save_subnet
 from pruneopt.cli import main
 from pruneopt.models import build, default_spec
@@ -23,7 +24,7 @@ from .test_data import make_fake_dataset
 
 TINY = ["--samples", "4", "--refined-samples", "4", "--band", "0.05", "--batch-size", "16", "--bn-batches", "2",
         "--finetune-steps", "2", "--val-size", "12", "--final-epochs", "1", "--threads", "1", "--no-progress",
-        "--loader-workers", "0"]
+        "--loader-workers", "0", "--noise-specs", "0"]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -65,7 +66,7 @@ def test_a_state_dict_parent_on_an_image_folder_with_head_replacement(folder: Pa
     assert p["kind"] == "state dict" and p["source"] == str(r18)
     assert p["head"] == {"from_classes": 1000, "to_classes": 3, "epochs": 2, "module": "fc"}
     assert "image folder (train/val)" in p["data"] and "3 classes, 90 training and 18 test images" in p["data"]
-    assert set(s["finals"]) == {"winner", "uniform", "global_l1"} and s["candidates"] == {"done": 8}
+    assert set(s["finals"]) == set(FINAL_LABELS) and s["candidates"] == {"done": 8}
     for folder_name in ("parent", "winner"):
         pre = read_preprocess(out / folder_name)
         assert pre is not None and pre.input_shape == (3, 32, 32) and pre.color == "RGB"
@@ -73,8 +74,8 @@ def test_a_state_dict_parent_on_an_image_folder_with_head_replacement(folder: Pa
         assert load_subnet(out / folder_name).spec.num_classes == 3
     report = (out / "report.md").read_text()
     assert "Head replacement: the parent's 1000-class classifier (fc) was replaced by a 3-class one" in report
-    assert "Parent: val error" in report and "| winner |" in report and "| uniform |" in report
-    assert "| global_l1 |" in report and "Data: image folder (train/val)" in report
+    assert "Parent: val error" in report and all(f"| {label}" in report for label in FINAL_LABELS.values())
+    assert "Data: image folder (train/val)" in report
     assert "note: the parent's 1000-class head was replaced by a 3-class one and trained 2 epoch(s)" in stdout
     assert "its 1000-class head replaced" in err
 
