@@ -3,7 +3,7 @@
     python bench/search_throughput.py [--arch resnet20] [-n 12] [--workers 2] [--parent DIR] [--json FILE]
     python bench/search_throughput.py --data runs/fmnist-tree --devices cpu,cuda --runners in-process -n 8
 
-Evaluates the same ``n`` subnetworks (resnet20 at 0.5 +- 0.02 of its FLOPs on Fashion-MNIST, the search's default
+Evaluates the same ``n`` subnetworks (resnet20 at 0.5 +- 0.01 of its FLOPs on Fashion-MNIST, the search's default
 candidate budget: adaptive BN, 60 fine-tune steps, 2000 validation images) with each evaluation pool
 (:mod:`pruneopt.pools`) and prints wall time, candidates per hour and the overhead of each parallel pool (its
 start-up included) relative to ideal scaling of the in-process one. Without ``--parent`` a randomly initialised
@@ -64,7 +64,7 @@ def main() -> None:
         if parent is None:
             torch.manual_seed(0)
             parent = str(save_subnet(build(spec), Path(tmp) / "parent"))
-        specs = list(PruningSpace(spec, input_hw=feed.size).sample(args.n, Regime(0.5, 0.02), seed=0).specs())
+        specs = list(PruningSpace(spec, input_hw=feed.size).sample(args.n, Regime(0.5, 0.01), seed=0).specs())
         jobs = [CandidateJob(i, s.to_json(), 1000 + i) for i, s in enumerate(specs)]
 
         rows = []
