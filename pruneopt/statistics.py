@@ -175,7 +175,7 @@ def _cost_ratio(p_a: np.ndarray, p_b: np.ndarray) -> np.ndarray:
 
 def _pooled_threshold(pooled: np.ndarray, q: float) -> np.ndarray:
     """The ``q`` quantile of each row, as an order statistic (an observed error, so some draw reaches it)."""
-    return np.quantile(pooled, q, axis=-1, method="inverted_cdf")
+    return np.asarray(np.quantile(pooled, q, axis=-1, method="inverted_cdf"))
 
 
 def search_costs(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
