@@ -8,15 +8,15 @@ import pytest
 from pruneopt.analysis import (
     bootstrap_r_star,
     compare,
-    equal_acceptance_band,
-    population_tests,
-    random_band_control,
-    split_half_control,
     edf,
+    equal_acceptance_band,
     normalization_weights,
     normalized_edf,
+    population_tests,
     r_buckets,
+    random_band_control,
     search_cost,
+    split_half_control,
 )
 from pruneopt.errors import PruneoptError
 
