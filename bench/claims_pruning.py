@@ -173,24 +173,26 @@ def pruning_summary(runs: dict[str, dict[int, dict[str, Any]]], regime: float) -
     return {"seeds": glob, "claims": claims}
 
 
-def _fmt(x: Any, spec: str = "+.4f") -> str:
-    return "-" if x is None else format(x, spec)
+def _fmt(x: Any, spec: str = "+.4f", none: str = "-") -> str:
+    return none if x is None else format(x, spec)
 
 
-def _fiv(d: dict[str, Any] | None) -> str:
+def _fiv(d: dict[str, Any] | None, spec: str = "+.4f", none: str = "-") -> str:
+    """``estimate [low, high]`` of a bootstrap interval or a paired t one (``none`` for a missing/infinite end)."""
     if not d:
         return "-"
     est = d.get("estimate", d.get("diff"))
-    return f"{_fmt(est)} [{_fmt(d.get('low', d.get('lo')))}, {_fmt(d.get('high', d.get('hi')))}]"
+    lo, hi = d.get("low", d.get("lo")), d.get("high", d.get("hi"))
+    return f"{_fmt(est, spec, none)} [{_fmt(lo, spec, none)}, {_fmt(hi, spec, none)}]"
 
 
 def pruning_markdown(s: PruningSettings, parent: dict[str, Any], summary: dict[str, Any]) -> str:
     rows = []
     for seed, r in summary["seeds"].items():
         rs = r["r_star"] or {}
-        rows.append([str(seed), f"{rs.get('r_star', math.nan):.1f}", _fiv(r["median_shift"]), _fmt(r["mwu_p"], ".3g"),
-                     _fiv(r["cost_ratio_10"]), _fiv(r["split_half_shift"]), _fmt(r["split_half_p"], ".3g"),
-                     _fiv(r["random_band_shift"]), _fmt(r["global_rho"], "+.2f"),
+        rows.append([str(seed), f"{rs.get('r_star', math.nan):.1f}", _fiv(r["median_shift"]),
+                     _fmt(r["mwu_p"], ".3g"), _fiv(r["cost_ratio_10"], ".2f", "inf"), _fiv(r["split_half_shift"]),
+                     _fmt(r["split_half_p"], ".3g"), _fiv(r["random_band_shift"]), _fmt(r["global_rho"], "+.2f"),
                      f"{r['best_stage'] or '-'} {_fmt(r['best_stage_rho'], '+.2f')}"])
     per_seed = markdown_table(["seed", "R*", "refined - initial median [95% CI]", "MWU p", "cost ratio @10% [CI]",
                                "split half: in - out", "p", "random-R band: in - out", "global R CV rho",

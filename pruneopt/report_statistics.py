@@ -100,17 +100,20 @@ def regime_statistics(store: Store, cfg: dict[str, Any], regime: float, r_star: 
 
 
 # -- Markdown ---------------------------------------------------------------------------------------------------
-def _num(x: Any, spec: str = ".4f") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "inf" if x is not None else "-"
+def _num(x: Any, spec: str = ".4f", none: str = "-") -> str:
+    """``x`` formatted; ``none`` for None (a search cost's None is an infinite cost: JSON has no inf)."""
+    if x is None:
+        return none
+    if isinstance(x, float) and not math.isfinite(x):
+        return "inf"
     return format(x, spec)
 
 
-def _iv(d: dict[str, Any] | None, spec: str = "+.4f") -> str:
-    """``estimate [low, high]`` (None: ``-``; an unbounded end: ``inf``)."""
+def _iv(d: dict[str, Any] | None, spec: str = "+.4f", none: str = "-") -> str:
+    """``estimate [low, high]`` (no interval: ``-``)."""
     if not d:
         return "-"
-    return f"{_num(d['estimate'], spec)} [{_num(d['low'], spec)}, {_num(d['high'], spec)}]"
+    return f"{_num(d['estimate'], spec, none)} [{_num(d['low'], spec, none)}, {_num(d['high'], spec, none)}]"
 
 
 def _split_line(name: str, d: dict[str, Any] | None) -> str:
@@ -122,8 +125,9 @@ def _split_line(name: str, d: dict[str, Any] | None) -> str:
 
 def _tests_lines(label: str, t: dict[str, Any]) -> list[str]:
     costs = "; ".join(
-        f"{100 * c['quantile']:.0f}%: {_num(c['cost_a']['estimate'], '.1f')} -> {_num(c['cost_b']['estimate'], '.1f')}"
-        f" (ratio {_iv(c['ratio'], '.2f')})" for c in t["search_cost"])
+        f"{100 * c['quantile']:.0f}%: {_num(c['cost_a']['estimate'], '.1f', 'inf')} -> "
+        f"{_num(c['cost_b']['estimate'], '.1f', 'inf')} (ratio {_iv(c['ratio'], '.2f', 'inf')})"
+        for c in t["search_cost"])
     return [f"| {label} | {t['n_initial']} vs {t['n_other']} | {_iv(t['median_shift'])} | "
             f"{_num(t['mann_whitney']['pvalue'], '.3g')} | {_num(t['ks']['pvalue'], '.3g')} | {costs} |"]
 
@@ -163,7 +167,7 @@ def statistics_lines(s: dict[str, Any]) -> list[str]:
             lines.append(_split_line(f"R* band (R* {rb['r_star_band']['center']:.1f}, chosen on these candidates)",
                                      rb["r_star"]))
             lines.append(_split_line(f"random-R band, equal acceptance (R {rb['band']['center']:.1f} "
-                                     f"+-{rb['band']['eps']:.1%})", rb["random"]))
+                                     f"+-{rb['band']['eps']:.2%})", rb["random"]))
         if sh:
             lines.append(_split_line(f"split half: R* {sh['r_star_half']:.1f} from {sh['n_fit']}, tested on "
                                      f"{sh['n_test']}", sh))
