@@ -14,17 +14,30 @@ Following the design-space methodology of Radosavovic et al. (2019, 2020) and th
   the mean of a geometric distribution).
 
 All functions are pure NumPy on arrays of errors, ratios and parameter counts.
+
+The honest comparison (:func:`population_tests`) adds a Mann-Whitney test, bootstrap intervals for the median shift
+and for the search cost at the pooled 5/10/20% error quantiles (:mod:`pruneopt.statistics`), and two controls that
+could show an effect by chance:
+
+* :func:`random_band_control` -- a band of the same acceptance as the refined one (the same number of the initial
+  population's candidates inside), centred on a random R (a seeded draw from the initial population's R's): its
+  candidates against the rest of the initial population; and where the R* band's own candidates stand among many
+  such random bands (:func:`equal_acceptance_band` gives the band to an engine that evaluates it as a population);
+* :func:`split_half_control` -- R* estimated on one random half of the initial population, and the errors inside
+  vs outside its band tested on the other half (no candidate both chooses R* and tests it).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
 from .errors import PruneoptError
+from .statistics import COST_QUANTILES, ks_test, mann_whitney, median_shift, search_costs
 
 
 def _errors(errors: np.ndarray | list[float], name: str = "errors") -> np.ndarray:
@@ -184,3 +197,104 @@ def compare(initial: np.ndarray, refined: np.ndarray, quantile: float = 0.05) ->
         median_shift=float(np.median(b) - np.median(a)), mean_shift=float(np.mean(b) - np.mean(a)),
         n_initial=a.size, n_refined=b.size,
     )
+
+
+# -- honest comparisons and controls ------------------------------------------------------------------------------
+def population_tests(initial: np.ndarray, other: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                     level: float = 0.95, quantiles: tuple[float, ...] = COST_QUANTILES) -> dict[str, Any]:
+    """``other`` vs ``initial``: Mann-Whitney and KS p-values, the median shift (other - initial; negative:
+    ``other`` is better) and the search cost at each pooled quantile, with bootstrap intervals (JSON-ready)."""
+    a, b = _errors(initial, "initial errors"), _errors(other, "other errors")
+    return {
+        "n_initial": a.size, "n_other": b.size,
+        "mann_whitney": mann_whitney(a, b).to_dict(),
+        "ks": ks_test(a, b).to_dict(),
+        "median_shift": median_shift(a, b, n_boot, seed, level).to_dict(),
+        "search_cost": [c.to_dict() for c in search_costs(a, b, quantiles, n_boot, seed + 1, level)],
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Band:
+    """``|R - center| <= eps * center``, holding ``n_in`` of a population's candidates."""
+
+    center: float
+    eps: float
+    n_in: int
+
+    def mask(self, ratios: np.ndarray) -> np.ndarray:
+        return np.abs(np.asarray(ratios) - self.center) <= self.eps * self.center * (1 + 1e-12)
+
+
+def equal_acceptance_band(ratios: np.ndarray, r_star: float, eps: float, seed: int) -> Band:
+    """A band centred on a seeded random draw from ``ratios`` that holds as many of them as the R* band does (at
+    least one): the relative half-width is the distance to the k-th nearest ratio."""
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.ndim != 1 or r.size == 0:
+        raise PruneoptError("ratios must be a non-empty 1-D array")
+    k = max(1, int(np.sum(Band(r_star, eps, 0).mask(r))))
+    center = float(r[np.random.default_rng(seed).integers(0, r.size)])
+    d = np.sort(np.abs(r - center))[k - 1]
+    eps_c = max(float(d / center), 1e-9)
+    return Band(center, eps_c, int(np.sum(Band(center, eps_c, 0).mask(r))))
+
+
+def band_split(errors: np.ndarray, inside: np.ndarray, n_boot: int, seed: int, level: float = 0.95
+               ) -> dict[str, Any]:
+    """Errors inside vs outside a band: sizes, medians, Mann-Whitney p and the median shift (inside - outside)
+    with its interval; the tests are None when a side has fewer than two candidates."""
+    e_in, e_out = errors[inside], errors[~inside]
+    out: dict[str, Any] = {"n_in": int(e_in.size), "n_out": int(e_out.size), "mann_whitney": None,
+                           "median_shift": None}
+    if e_in.size >= 2 and e_out.size >= 2:
+        out["mann_whitney"] = mann_whitney(e_out, e_in).to_dict()
+        out["median_shift"] = median_shift(e_out, e_in, n_boot, seed, level).to_dict()
+    return out
+
+
+def random_band_control(errors: np.ndarray, ratios: np.ndarray, r_star: float, eps: float, seed: int = 0,
+                        n_boot: int = 2000, n_bands: int = 200) -> dict[str, Any]:
+    """The random-R control on the initial population (see the module docstring).
+
+    ``band``/``random``: one seeded equal-acceptance band and its inside-vs-outside test; ``r_star``: the same
+    test for the R* band (biased towards a shift: R* was chosen from these candidates); ``rank_p``: the fraction
+    of ``n_bands`` random equal-acceptance bands whose inside-minus-outside median shift is at most the R* band's.
+    """
+    e, r = _errors(errors), np.asarray(ratios, dtype=np.float64)
+    if r.shape != e.shape:
+        raise PruneoptError("errors and ratios must have the same length")
+    band = equal_acceptance_band(r, r_star, eps, seed)
+    star = Band(r_star, eps, int(np.sum(Band(r_star, eps, 0).mask(r))))
+    rng = np.random.default_rng(seed + 1)
+
+    def shift(mask: np.ndarray) -> float:
+        return float(np.median(e[mask]) - np.median(e[~mask])) if 0 < mask.sum() < e.size else math.nan
+
+    star_shift = shift(star.mask(r))
+    shifts = np.array([shift(equal_acceptance_band(r, r_star, eps, int(s)).mask(r))
+                       for s in rng.integers(0, 2**31, size=n_bands)])
+    shifts = shifts[np.isfinite(shifts)]
+    rank_p = float((1 + np.sum(shifts <= star_shift)) / (1 + shifts.size)) if math.isfinite(star_shift) else None
+    return {
+        "band": asdict(band), "random": band_split(e, band.mask(r), n_boot, seed + 2),
+        "r_star_band": asdict(star), "r_star": band_split(e, star.mask(r), n_boot, seed + 2),
+        "n_bands": int(shifts.size), "rank_p": rank_p,
+    }  # fmt: skip
+
+
+def split_half_control(errors: np.ndarray, ratios: np.ndarray, top: float, eps: float, seed: int = 0,
+                       n_boot: int = 2000, n_boot_rstar: int = 500) -> dict[str, Any]:
+    """R* from a seeded random half of the initial population (``top`` fraction, ``n_boot_rstar`` resamples),
+    tested on the other half: errors inside its ``eps`` band vs outside (see :func:`band_split`)."""
+    e, r = _errors(errors), np.asarray(ratios, dtype=np.float64)
+    if r.shape != e.shape:
+        raise PruneoptError("errors and ratios must have the same length")
+    if e.size < 8:
+        raise PruneoptError(f"a split-half control needs at least 8 candidates, got {e.size}")
+    order = np.random.default_rng(seed).permutation(e.size)
+    fit, test = order[: e.size // 2], order[e.size // 2:]
+    rs = bootstrap_r_star(e[fit], r[fit], top, n_boot_rstar, seed + 1)
+    band = Band(rs.r_star, eps, int(np.sum(Band(rs.r_star, eps, 0).mask(r[test]))))
+    return {"r_star_half": rs.r_star, "ci_low": rs.ci_low, "ci_high": rs.ci_high, "eps": eps,
+            "n_fit": int(fit.size), "n_test": int(test.size),
+            **band_split(e[test], band.mask(r[test]), n_boot, seed + 2)}

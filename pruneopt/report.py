@@ -1,5 +1,9 @@
 """A search's report, rendered from its store alone: ``report.md``, PNG plots and ``summary.json``.
 
+Every report says what its comparisons can tell (:mod:`pruneopt.report_statistics`): the noise floor, Mann-Whitney
+and KS p-values, bootstrap intervals of the median shift and the search cost, the random-R and split-half controls,
+the bucket predictor table, the validation size and the final models' labels.
+
 The populations, R* and the plots are the same for every task; the wording of errors, the parent's paragraph and
 the winner-vs-baselines table come from the run's search task (:mod:`pruneopt.tasks`), found by the name in the
 stored config.
@@ -14,6 +18,7 @@ import numpy as np
 
 from .analysis import edf, normalized_edf, r_buckets
 from .common.files import atomic_write, atomic_write_json
+from .report_statistics import final_labels, input_hw_of, noise_summary, regime_statistics, statistics_lines
 from .store import Store
 from .tasks.base import SearchTask, fmt
 from .tasks.registry import get_task
@@ -113,6 +118,8 @@ def summarize(store: Store) -> dict[str, Any]:
         }
     finals = {k.split(":", 1)[1]: v for k, v in stages.items() if k.startswith("final:")}
     task = get_task(_task_name(cfg))
+    hw = input_hw_of(cfg, stages.get("parent"))
+    statistics = {f"{r:g}": regime_statistics(store, cfg, r, stages.get(f"rstar:{r:g}"), hw) for r in regimes}
     return {
         "task": task.name,
         "metric": task.metric,
@@ -121,6 +128,10 @@ def summarize(store: Store) -> dict[str, Any]:
         "regimes": per_regime,
         "winner": stages.get("winner"),
         "finals": finals,
+        "final_labels": final_labels(list(finals)),
+        "val_size": cfg.get("val_size"),
+        "noise_floor": noise_summary(store),
+        "statistics": statistics,
         "candidates": store.counts(),
         "candidate_seconds_median": float(np.median(walls)) if walls else None,
         "candidates_per_hour_per_worker": 3600.0 / float(np.median(walls)) if walls else None,
@@ -158,6 +169,7 @@ def report_lines(s: dict[str, Any], task: SearchTask, plots: list[str]) -> list[
             f"{fmt(c.get('cost_initial'), '.1f')} -> {fmt(c.get('cost_refined'), '.1f')} |")
     lines += ["", "Search cost: expected samples to draw one subnetwork at least as good as the initial space's "
               "top-5% validation error (1 / F(e5)); lower is better.", ""]
+    lines += statistics_lines(s)
     if s["finals"]:
         lines += task.report_finals(s)
     if s["candidate_seconds_median"]:

@@ -13,6 +13,10 @@ is a target fraction of the parent's FLOPs (MACs) with an absolute band, e.g. 0.
 i.i.d. uniform keep ratios and keeps those inside the band (and inside any attached :class:`Constraint`, such as
 the ratio band of a refined space), in fixed-size batches from one seeded generator, so the same seed gives the
 same samples and a longer run extends a shorter one.
+
+Statistics come globally (FLOPs, params, R = FLOPs / params) and per *stage* -- the layers of one resolution, a
+"bucket" (:class:`StageCostModel`) -- so that a refined space can constrain either the global R
+(:class:`RatioConstraint`) or the vector of per-stage R's (:class:`StageRatioConstraint`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .complexity import MACS, CostModel, count
+from .complexity import MACS, PARAMS, CostModel, _terms, count
 from .errors import PruneoptError
 from .models import ModelSpec, get_arch
 
@@ -99,17 +103,71 @@ class Regime:
 
 @dataclass(frozen=True)
 class Stats:
-    """Structure statistics of N subnetworks (arrays of length N)."""
+    """Structure statistics of N subnetworks (arrays of length N; per-stage ones ``[N, stages]``)."""
 
     macs: np.ndarray
     params: np.ndarray
     activations: np.ndarray
     flops_fraction: np.ndarray
+    stage_macs: np.ndarray | None = None  # [N, stages]: MACs of each stage's layers (see StageCostModel)
+    stage_params: np.ndarray | None = None
 
     @property
     def ratio(self) -> np.ndarray:
         """R = FLOPs / params."""
         return self.macs / self.params
+
+    @property
+    def stage_ratio(self) -> np.ndarray:
+        """Per-stage R = a stage's FLOPs / its params, ``[N, stages]``."""
+        if self.stage_macs is None or self.stage_params is None:
+            raise PruneoptError("these statistics were computed without per-stage counts")
+        return self.stage_macs / self.stage_params
+
+
+class StageCostModel:
+    """Vectorised MACs and params of each *stage* ("bucket"): the layers that compute at one resolution.
+
+    A layer belongs to the stage of its output size; the stem joins the first stage (same resolution) and the
+    classifier (a linear layer, no resolution) joins the last. Built from the same per-layer terms as
+    :class:`~pruneopt.complexity.CostModel`, so the stages' counts sum to the network's. Stages are named by their
+    resolution (``"28x28"``) in the order the network runs them.
+    """
+
+    def __init__(self, spec: ModelSpec, input_hw: tuple[int, int] | None = None) -> None:
+        arch = get_arch(spec.arch)
+        self.slots = arch.slots
+        index = {s: i for i, s in enumerate(self.slots)}
+        one = len(self.slots)
+        layers = arch.layers(spec, input_hw)
+        names: list[str] = []
+        for layer in layers:
+            name = f"{layer.out_hw[0]}x{layer.out_hw[1]}"
+            if layer.kind != "linear" and name not in names:
+                names.append(name)
+        if not names:
+            raise PruneoptError(f"{spec.arch} has no convolution stage")
+        self.stages = tuple(names)
+        self.q = np.zeros((len(names), 2, one + 1, one + 1))  # stage, (MACs, params), quadratic form
+        for layer in layers:
+            stage = len(names) - 1 if layer.kind == "linear" else names.index(f"{layer.out_hw[0]}x{layer.out_hw[1]}")
+            for k, a, b, coef in _terms(layer):
+                if k not in (MACS, PARAMS):
+                    continue
+                ia, fa = (index[a], 1) if isinstance(a, str) else (one, a)
+                ib, fb = (index[b], 1) if isinstance(b, str) else (one, b)
+                self.q[stage, k, min(ia, ib), max(ia, ib)] += coef * fa * fb
+
+    def evaluate(self, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(MACs, params) of each stage, two ``[N, stages]`` float64 arrays, for an ``[N, slots]`` array of widths."""
+        w = np.asarray(widths, dtype=np.float64)
+        if w.ndim == 1:
+            w = w[None, :]
+        if w.shape[1] != len(self.slots):
+            raise PruneoptError(f"expected {len(self.slots)} widths per row, got {w.shape[1]}")
+        w1 = np.concatenate([w, np.ones((w.shape[0], 1))], axis=1)
+        forms = np.einsum("ni,skij,nj->nsk", w1, self.q, w1)
+        return forms[:, :, MACS], forms[:, :, PARAMS]
 
 
 class Constraint(Protocol):
@@ -138,9 +196,41 @@ class RatioConstraint:
         return {"type": "ratio", "r_star": self.r_star, "eps": self.eps}
 
 
+@dataclass(frozen=True)
+class StageRatioConstraint:
+    """``|R_s - R*_s| <= eps_s * R*_s`` for every stage ``s``: the per-stage ("bucket") ratio band of a refined
+    space. ``eps`` is one relative half-width for every stage or one per stage."""
+
+    r_star: tuple[float, ...]
+    eps: tuple[float, ...]
+
+    def __init__(self, r_star: Sequence[float], eps: float | Sequence[float]) -> None:
+        rs = tuple(float(r) for r in r_star)
+        es = (float(eps),) * len(rs) if isinstance(eps, int | float) else tuple(float(e) for e in eps)
+        if not rs or len(es) != len(rs):
+            raise PruneoptError(f"a stage ratio constraint needs one R* per stage and one eps (or one per stage), "
+                                f"got {len(rs)} R* and {len(es)} eps")
+        if min(rs) <= 0 or min(es) <= 0:
+            raise PruneoptError(f"stage ratio constraint needs every R* > 0 and eps > 0, got R*={rs}, eps={es}")
+        object.__setattr__(self, "r_star", rs)
+        object.__setattr__(self, "eps", es)
+
+    def mask(self, stats: Stats) -> np.ndarray:
+        r = stats.stage_ratio
+        if r.shape[1] != len(self.r_star):
+            raise PruneoptError(f"the constraint has {len(self.r_star)} stages, the space {r.shape[1]}")
+        star, eps = np.array(self.r_star), np.array(self.eps)
+        return np.all(np.abs(r - star) <= eps * star, axis=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "stage_ratio", "r_star": list(self.r_star), "eps": list(self.eps)}
+
+
 def constraint_from_dict(data: dict[str, Any]) -> Constraint:
     if data.get("type") == "ratio":
         return RatioConstraint(float(data["r_star"]), float(data["eps"]))
+    if data.get("type") == "stage_ratio":
+        return StageRatioConstraint(data["r_star"], data["eps"])
     raise PruneoptError(f"unknown constraint {data!r}")
 
 
@@ -212,6 +302,7 @@ class PruningSpace:
         self.groups = derive_groups(self.parent, self.r_min, self.r_max)
         self._full = np.array([g.channels for g in self.groups], dtype=np.float64)
         self._cost = CostModel(self.parent, self.input_hw)
+        self.stage_cost = StageCostModel(self.parent, self.input_hw)
         self.parent_complexity = count(self.parent, self.input_hw)
 
     # -- basic maps --------------------------------------------------------------------------------------
@@ -226,9 +317,15 @@ class PruningSpace:
         lo = np.minimum(step, self._full)
         return np.clip(w, lo, self._full).astype(np.int64)
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages ("buckets") of the per-stage statistics, named by resolution (see :class:`StageCostModel`)."""
+        return self.stage_cost.stages
+
     def stats(self, widths: np.ndarray) -> Stats:
         macs, params, acts = self._cost.evaluate(widths)
-        return Stats(macs, params, acts, macs / self.parent_complexity.macs)
+        stage_macs, stage_params = self.stage_cost.evaluate(widths)
+        return Stats(macs, params, acts, macs / self.parent_complexity.macs, stage_macs, stage_params)
 
     def spec(self, widths: Sequence[int] | np.ndarray) -> ModelSpec:
         return ModelSpec(

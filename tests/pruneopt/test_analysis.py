@@ -9,10 +9,14 @@ from pruneopt.analysis import (
     bootstrap_r_star,
     compare,
     edf,
+    equal_acceptance_band,
     normalization_weights,
     normalized_edf,
+    population_tests,
     r_buckets,
+    random_band_control,
     search_cost,
+    split_half_control,
 )
 from pruneopt.errors import PruneoptError
 
@@ -98,3 +102,45 @@ def test_search_cost_is_infinite_when_nothing_is_good_enough() -> None:
     assert p == 0 and math.isinf(cost)
     c = compare(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0.5, 0.6, 0.7, 0.8]))
     assert math.isinf(c.cost_refined) and c.to_dict()["cost_refined"] is None
+
+
+def test_population_tests_see_a_planted_shift_with_intervals() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.10, 0.01, 150), rng.normal(0.095, 0.01, 150)
+    t = population_tests(a, b, n_boot=500, seed=0)
+    assert t["mann_whitney"]["pvalue"] < 0.01 and t["ks"]["pvalue"] < 0.05
+    ms = t["median_shift"]
+    assert ms["low"] <= ms["estimate"] <= ms["high"] < 0
+    assert [c["quantile"] for c in t["search_cost"]] == [0.05, 0.1, 0.2]
+    assert all(c["ratio"]["estimate"] < 1 for c in t["search_cost"])
+    assert population_tests(a, b, n_boot=500, seed=0) == t
+
+
+def test_equal_acceptance_band_holds_as_many_candidates_as_the_r_star_band() -> None:
+    r = np.random.default_rng(1).uniform(60, 250, 300)
+    n_star = int(np.sum(np.abs(r - 120) <= 0.05 * 120))
+    for seed in range(5):
+        band = equal_acceptance_band(r, 120.0, 0.05, seed)
+        assert band.n_in == n_star == int(band.mask(r).sum())  # continuous ratios: no ties at the edge
+        assert band.center in r
+    assert equal_acceptance_band(r, 120.0, 0.05, 0) == equal_acceptance_band(r, 120.0, 0.05, 0)
+    assert equal_acceptance_band(r, 120.0, 0.05, 0) != equal_acceptance_band(r, 120.0, 0.05, 1)
+
+
+def test_controls_see_a_planted_ratio_and_not_noise() -> None:
+    e, r = planted_population(400, 120.0, seed=6)
+    c = random_band_control(e, r, 120.0, 0.1, seed=0, n_boot=300, n_bands=100)
+    assert c["r_star"]["median_shift"]["high"] < 0  # the R* band holds the good models ...
+    # ... better than most random bands of the same acceptance (those centred near 120 do as well)
+    assert c["rank_p"] < 0.15
+    assert c["random"]["n_in"] == c["r_star"]["n_in"] == c["band"]["n_in"]
+    s = split_half_control(e, r, top=0.1, eps=0.1, seed=0, n_boot=300)
+    assert s["n_fit"] == s["n_test"] == 200
+    assert s["mann_whitney"]["pvalue"] < 0.01 and s["median_shift"]["high"] < 0
+    noise = np.random.default_rng(7).normal(0.1, 0.01, 400)  # errors unrelated to R
+    s0 = split_half_control(noise, r, top=0.1, eps=0.1, seed=0, n_boot=300)
+    assert s0["mann_whitney"]["pvalue"] > 0.05
+    assert random_band_control(noise, r, 120.0, 0.1, seed=0, n_boot=300, n_bands=100)["rank_p"] > 0.15
+    assert s0["median_shift"]["low"] < 0 < s0["median_shift"]["high"]
+    with pytest.raises(PruneoptError, match="at least 8"):
+        split_half_control(noise[:6], r[:6], 0.1, 0.1)
