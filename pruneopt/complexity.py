@@ -55,7 +55,7 @@ def parse_input(text: str | None, default: tuple[int, int, int]) -> tuple[int, i
 MACS, PARAMS, ACTS = 0, 1, 2
 
 
-def _terms(layer: Layer) -> list[tuple[int, Channels, Channels, int]]:
+def layer_terms(layer: Layer) -> list[tuple[int, Channels, Channels, int]]:
     """The costs of one layer as ``(which count, channels a, channels b, coefficient)`` product terms.
 
     Each term contributes ``coefficient * a * b``; a channel side is a slot name or a fixed integer (``1`` where
@@ -84,7 +84,7 @@ def count(spec: ModelSpec, input_hw: tuple[int, int] | None = None) -> Complexit
     widths = spec.width_map()
     totals = [0, 0, 0]
     for layer in arch.layers(spec, input_hw):
-        for k, a, b, coef in _terms(layer):
+        for k, a, b, coef in layer_terms(layer):
             wa = widths[a] if isinstance(a, str) else a
             wb = widths[b] if isinstance(b, str) else b
             totals[k] += coef * wa * wb
@@ -110,7 +110,7 @@ class CostModel:
             return (index[c], 1) if isinstance(c, str) else (one, c)
 
         for layer in arch.layers(spec, input_hw):
-            for k, a, b, coef in _terms(layer):
+            for k, a, b, coef in layer_terms(layer):
                 (ia, fa), (ib, fb) = side(a), side(b)
                 q[k, min(ia, ib), max(ia, ib)] += coef * fa * fb
         self.q = q

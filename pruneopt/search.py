@@ -44,7 +44,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .analysis import bootstrap_r_star, compare
 from .baselines import FINAL_BAND, FINAL_LABELS, baseline_specs, uniform_spec
+from .buckets import stage_r_star, stage_ratios
 from .checkpoint import load_subnet, save_subnet
 from .common.files import atomic_write_json
 from .common.threads import torch_threads
@@ -65,7 +65,7 @@ from .pretrained import spec_of
 from .report import render_report
 from .search_config import SearchConfig
 from .seeds import derive_seed
-from .space import PruningSpace, RatioConstraint, Regime
+from .space import PruningSpace, RatioConstraint, Regime, StageRatioConstraint
 from .store import Store
 from .tasks.base import SearchTask
 from .tasks.registry import get_task
@@ -274,22 +274,22 @@ def refined_space(ctx: Context, space: PruningSpace, regime: float, analysis: di
     return space.with_constraints(RatioConstraint(analysis["r_star"], analysis["eps"]))
 
 
-def stage_constraint(ctx: Context, space: PruningSpace, regime: float) -> Any:
+def stage_constraint(ctx: Context, space: PruningSpace, regime: float) -> StageRatioConstraint:
     """The per-stage R band of ``regime`` from its initial population (recorded as stage ``rstar_stage:REGIME``:
-    the centre vector and its interval)."""
-    # pruneopt.buckets and space.StageRatioConstraint come with the statistics branch (WP-P2): looked up by name
-    # until it is merged, then imported at the top like the rest
-    buckets, space_mod = import_module("pruneopt.buckets"), import_module("pruneopt.space")
+    the per-stage R* with its intervals and the band's half-width per stage, ``--eps`` when given)."""
     key = f"rstar_stage:{regime:g}"
     done = ctx.store.stage(key)
     if done is None:
+        c = ctx.cfg.common
         rows = ctx.store.rows("initial", regime)
         widths = np.array([ModelSpec.from_json(r["spec"]).widths for r in rows], dtype=np.int64)
         errors = np.array([r["error"] for r in rows])
-        center, interval = buckets.stage_r_star(errors, buckets.stage_ratios(space, widths), ctx.cfg.common.top)
-        done = {"center": np.asarray(center).tolist(), "interval": np.asarray(interval).tolist()}
+        rs = stage_r_star(errors, stage_ratios(space, widths), c.top, c.n_boot,
+                          derive_seed(c.seed, "bootstrap-stage", regime), stages=space.stages)
+        eps = list(rs.suggested_eps) if c.eps is None else [c.eps] * len(rs.r_star)
+        done = {**rs.to_dict(), "eps": eps}
         ctx.store.set_stage(key, done)
-    return space_mod.StageRatioConstraint(np.asarray(done["center"]), np.asarray(done["interval"]))
+    return StageRatioConstraint(done["r_star"], done["eps"])
 
 
 def stage_compare(ctx: Context, regime: float) -> dict[str, Any]:

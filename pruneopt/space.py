@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .complexity import MACS, PARAMS, CostModel, _terms, count
+from .complexity import MACS, PARAMS, CostModel, layer_terms, count
 from .errors import PruneoptError
 from .models import ModelSpec, get_arch
 
@@ -151,7 +151,7 @@ class StageCostModel:
         self.q = np.zeros((len(names), 2, one + 1, one + 1))  # stage, (MACs, params), quadratic form
         for layer in layers:
             stage = len(names) - 1 if layer.kind == "linear" else names.index(f"{layer.out_hw[0]}x{layer.out_hw[1]}")
-            for k, a, b, coef in _terms(layer):
+            for k, a, b, coef in layer_terms(layer):
                 if k not in (MACS, PARAMS):
                     continue
                 ia, fa = (index[a], 1) if isinstance(a, str) else (one, a)

@@ -164,62 +164,19 @@ def test_noise_floor_specs_spread_from_best_to_worst(toy: None, tmp_path: Path) 
     assert not [r for r in off if r["space"] == "noise"]
 
 
-class FakeStageBand:
-    """Stands in for pruneopt.space.StageRatioConstraint: records what the engine gives it, keeps every sample."""
-
-    made: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def __init__(self, center: np.ndarray, interval: np.ndarray) -> None:
-        self.center, self.interval = center, interval
-        FakeStageBand.made.append((center, interval))
-
-    def mask(self, stats) -> np.ndarray:
-        return np.ones(len(stats.macs), dtype=bool)
-
-    def to_dict(self) -> dict:
-        return {"type": "stage_ratio", "center": self.center.tolist(), "interval": self.interval.tolist()}
-
-
-def test_refine_by_stage_calls_the_bucket_analysis(toy: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The engine's side of --refine-by stage, with stand-ins for the bucket analysis and its constraint."""
-    import sys
-    import types
-
-    from pruneopt import space as space_mod
-
-    calls: list[tuple[np.ndarray, np.ndarray, float]] = []
-
-    def stage_ratios(space: PruningSpace, widths: np.ndarray) -> np.ndarray:
-        assert widths.shape == (8, len(space.groups))
-        return np.stack([widths[:, 0], widths[:, 4], widths[:, 8]], axis=1).astype(float)
-
-    def stage_r_star(errors: np.ndarray, ratios: np.ndarray, top: float) -> tuple[np.ndarray, np.ndarray]:
-        calls.append((errors, ratios, top))
-        return ratios.mean(0), np.stack([ratios.min(0), ratios.max(0)], axis=1)
-
-    fake = types.ModuleType("pruneopt.buckets")
-    fake.stage_ratios, fake.stage_r_star = stage_ratios, stage_r_star  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pruneopt.buckets", fake)
-    monkeypatch.setattr(space_mod, "StageRatioConstraint", FakeStageBand, raising=False)
-    FakeStageBand.made.clear()
-    rows = toy_search(tmp_path / "run", refine_by="stage", noise_specs=0)
-    initial = [r for r in rows if r["space"] == "initial"]
-    assert len(calls) == 1 and np.array_equal(calls[0][0], [r["error"] for r in initial]) and calls[0][2] == 0.1
-    with Store.open(tmp_path / "run", None, readonly=True) as s:
-        band = s.stage("rstar_stage:0.5")
-        constraints = s.stage("sampled:refined:0.5")["constraints"]
-    assert band == {"center": calls[0][1].mean(0).tolist(),
-                    "interval": np.stack([calls[0][1].min(0), calls[0][1].max(0)], axis=1).tolist()}
-    assert constraints == [{"type": "stage_ratio", "center": band["center"], "interval": band["interval"]}]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["refine_by"] == "stage"
-
-
 def test_refine_by_stage_constrains_the_per_stage_ratios(toy: None, tmp_path: Path) -> None:
-    pytest.importorskip("pruneopt.buckets")
+    """--refine-by stage: the per-stage R* of the initial population's best becomes the refined space's constraint,
+    recorded with the run and read back as the same constraint."""
+    from pruneopt.space import constraint_from_dict
+
     rows = toy_search(tmp_path / "run", refine_by="stage")
     with Store.open(tmp_path / "run", None, readonly=True) as s:
         band = s.stage("rstar_stage:0.5")
-        constraints = s.stage("sampled:refined:0.5")["constraints"]
-    assert band is not None and len(band["center"]) == 3  # resnet20: three stages
-    assert constraints and constraints[0]["type"] != "ratio"
-    assert len([r for r in rows if r["space"] == "refined"]) == 4
+        sampled = s.stage("sampled:refined:0.5")
+    assert band is not None and len(band["r_star"]) == 3 and len(band["eps"]) == 3  # resnet20: three stages
+    assert [c["type"] for c in sampled["constraints"]] == ["stage_ratio"]
+    refined = [r for r in rows if r["space"] == "refined"]
+    assert len(refined) == 4
+    constraint = constraint_from_dict(sampled["constraints"][0])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["refine_by"] == "stage"
+    assert constraint.r_star == tuple(band["r_star"])
