@@ -109,7 +109,7 @@ def test_report_states_what_it_can_tell(tmp_path, monkeypatch) -> None:
 
 
 def test_report_without_a_noise_population_says_not_measured(tmp_path) -> None:
-    cfg = SearchConfig(regimes=(0.5,), samples=20, refined_samples=20, n_boot=100)
+    cfg = SearchConfig(regimes=(0.5,), samples=20, refined_samples=20, n_boot=100, val_size=2000)
     with Store.open(tmp_path, cfg.to_dict()) as store:
         fill(store, "initial", 0.5, 120.0, 20, seed=0, band=None)
         stage_analysis(Context(cfg, tmp_path, store), 0.5)
