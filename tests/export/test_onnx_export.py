@@ -27,7 +27,7 @@ from export.runners import make_runner
 from pruneopt.complexity import count
 from pruneopt.models import build, default_spec
 from pruneopt.thinning import thin
-from tests.pruneopt.conftest import random_specs, randomise_bn
+from tests.support.models import random_specs, randomise_bn
 
 from .conftest import CIFAR, Exported
 

@@ -6,8 +6,8 @@ import pytest
 from pruneopt.complexity import CostModel, count, count_module, parse_input
 from pruneopt.errors import PruneoptError
 from pruneopt.models import build, default_spec, get_arch
+from tests.support.models import random_specs
 
-from .conftest import random_specs
 from .test_models import ALL
 
 

@@ -19,8 +19,7 @@ from pruneopt.preprocess import Preprocess, read_preprocess
 from pruneopt.pretrained import expected_shapes, head_name, inspect_state_dict, load_state_dict_parent, replace_head
 from pruneopt.space import PruningSpace, Regime
 from pruneopt.thinning import thin
-
-from .conftest import randomise_bn
+from tests.support.models import randomise_bn
 
 
 def state_of(arch: str, **options: object) -> dict[str, torch.Tensor]:

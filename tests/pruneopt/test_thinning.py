@@ -10,8 +10,7 @@ from pruneopt.errors import SpecError
 from pruneopt.models import build, default_spec, get_arch
 from pruneopt.space import PruningSpace, Regime
 from pruneopt.thinning import channel_importance, keep_indices, thin
-
-from .conftest import randomise_bn
+from tests.support.models import randomise_bn
 
 ARCHS = ["resnet20", "resnet56", "resnet18", "resnet50", "mobilenetv2"]
 
