@@ -23,6 +23,7 @@ it). All of it is recorded in the result.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -47,6 +48,8 @@ from .runners import Runner, make_runner, resolve_kind, runtime_available
 from .tensorrt import BatchProfile, EngineConfig, build_engine, read_sidecar
 
 __all__ = ["BenchModel", "BenchResult", "Cell", "describe_model", "probe_memory", "run_bench"]
+
+logger = logging.getLogger(__name__)
 
 Log = Callable[[str], None]
 Opened = tuple[BenchModel, str, Runner, Path]  # a model, its runtime, the runner and the artefact it runs
@@ -321,8 +324,9 @@ def run_bench(models: Sequence[str | Path | BenchModel], runtimes: Sequence[str]
               log: Log | None = None, seed: int = 0) -> BenchResult:
     """Benchmark every model on every runtime at every batch size; see the module docstring.
 
-    torch's intra-op threads are ``threads`` for the whole benchmark and restored afterwards."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    torch's intra-op threads are ``threads`` for the whole benchmark and restored afterwards. ``log`` gets the
+    progress lines (default: this module's logger, at INFO)."""
+    log = log or logger.info
     if not models:
         raise ExportError("give at least one model to benchmark")
     if warmup < 0 or iters < 1 or (seconds is not None and seconds <= 0):
