@@ -35,7 +35,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic
         logging.Handler.__init__(self)  # StreamHandler.__init__ would pin today's sys.stderr
         self.setFormatter(logging.Formatter(LOG_FORMAT))
 
-    @property  # type: ignore[override]  # a read-only stream: always the current sys.stderr
+    @property  # a read-only stream: always the current sys.stderr
     def stream(self) -> TextIO:
         return sys.stderr
 

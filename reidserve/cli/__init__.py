@@ -42,7 +42,7 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (PruneoptError,)
 class ReidserveGroup(click.Group):
     """A click group that, run standalone, applies :func:`run_cli`'s error policy (see the module docstring)."""
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
