@@ -30,6 +30,7 @@ def test_paired_interval_and_verdict() -> None:
     assert math.isinf(paired_interval([0.1], [0.2])["lo"])
 
 
+@pytest.mark.slow
 def test_claims_tmp_writes_its_table_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "claims"
     claims.main(["tmp", "--out", str(out), "--jobs", "1", *TINY])
