@@ -70,7 +70,7 @@ demo-reid: setup
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
-# the suite without the tests marked slow (the slowest, by measured duration) or gpu: under 2 minutes on 2 cores
+# the suite without the tests marked slow (the slowest, by measured duration) or gpu: about 2 minutes on 2 cores
 .PHONY: test-fast
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow and not gpu"

@@ -11,7 +11,7 @@ from tests.support.models import random_specs
 from .test_models import ALL
 
 # the longest hook counts, marked slow (make test runs them, make test-fast does not)
-SLOW_ARCHS = {"resnet34", "resnet50", "resnet101", "resnet110", "mobilenetv2"}
+SLOW_ARCHS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet110", "mobilenetv2"}
 
 
 @pytest.mark.parametrize("arch,input_hw,macs_range,params", [

@@ -33,6 +33,7 @@ def test_expected_shapes_are_the_built_networks(arch: str) -> None:
     assert expected_shapes(model.spec) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_every_file_format_loads_the_same_network(tmp_path: Path) -> None:
     state = state_of("resnet18")
     torch.save(state, tmp_path / "bare.pth")
