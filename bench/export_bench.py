@@ -30,13 +30,13 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
 from export.bench import run_bench  # noqa: E402
 from export.inputs import parse_shape  # noqa: E402
 from pruneopt.checkpoint import save_subnet  # noqa: E402
+from pruneopt.common.logs import setup_logging  # noqa: E402
 from pruneopt.complexity import count  # noqa: E402
 from pruneopt.models import build, default_spec  # noqa: E402
 from pruneopt.space import PruningSpace, Regime  # noqa: E402
@@ -68,6 +68,7 @@ def make_models(out: Path, arch: str, shape: tuple[int, int, int], regime: float
 
 
 def main() -> None:
+    setup_logging("info")  # run_bench's progress lines on stderr
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--input", default="3x256x128")

@@ -26,16 +26,17 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from export.bench import run_bench  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
+from pruneopt.common.logs import setup_logging  # noqa: E402
 from pruneopt.complexity import count  # noqa: E402
 from pruneopt.models import build, default_spec  # noqa: E402
 from pruneopt.space import PruningSpace, Regime  # noqa: E402
 
 
 def main() -> None:
+    setup_logging("info")  # run_bench's progress lines on stderr
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="resnet50")
     ap.add_argument("--rounding", default="1,8,16")

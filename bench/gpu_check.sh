@@ -132,7 +132,7 @@ if [ "${GPU_CHECK_NO_SEARCH:-0}" != "1" ]; then
       >"$OUT_DIR/tree.log" 2>&1; then
     echo "    Fashion-MNIST is not installed here: a generated 4-class colour folder instead"
     TREE="$OUT_DIR/colour-tree"
-    "$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, '.');
+    "$PY" -c "import sys; from pathlib import Path  # python -c: the current folder (the checkout) is on the path
 from tests.pruneopt.imagedata import make_image_folder
 make_image_folder(Path(sys.argv[1]), classes=4, per_class=600, held_out=100, size=(28, 28)); print(sys.argv[1])" \
       "$TREE" >>"$OUT_DIR/tree.log" 2>&1

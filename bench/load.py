@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
+if str(REPO) not in sys.path:  # tests.support lives in the checkout, not in the installed package
     sys.path.insert(0, str(REPO))
 
 from export.metadata import read_metadata  # noqa: E402

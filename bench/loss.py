@@ -47,9 +47,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cpp_ext  # noqa: E402
+import cpp_ext
 
 SHAPES: dict[str, tuple[int, int, int, bool]] = {
     "inbatch": (256, 256, 2048, True),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,9 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reidserve.data import (  # noqa: E402
+from reidserve.data import (
     PKSampler,
     ReidDataset,
     ReidImageDataset,
@@ -44,7 +41,7 @@ from reidserve.data import (  # noqa: E402
     load_image,
     relabel,
 )
-from reidserve.metrics import ReidMetrics, evaluate, pairwise_distance  # noqa: E402
+from reidserve.metrics import ReidMetrics, evaluate, pairwise_distance
 
 
 class TinyNet(nn.Module):

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pruneopt.common.logs import setup_logging
 from pruneopt.common.params import parse_pair
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def _peak_rss_mb() -> float:
@@ -227,6 +227,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    setup_logging("info")  # the progress lines of pretrain_backbone on stderr
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     j = sub.add_parser("jaccard", help="Jaccard distance + DBSCAN timing on random clustered features")

@@ -23,6 +23,7 @@ it). All of it is recorded in the result.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -37,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from pruneopt.common.threads import torch_threads
+from pruneopt.errors import PruneoptError
 
 from .bench_results import BenchModel, BenchResult, Cell
-from .errors import ExportError, OnnxFileError, PruneoptError, RuntimeUnavailableError
+from .errors import ExportError, OnnxFileError, RuntimeUnavailableError
 from .inputs import realistic_inputs
 from .memory_probe import probe_memory
 from .metadata import default_mean_std, read_metadata
@@ -47,6 +49,8 @@ from .runners import Runner, make_runner, resolve_kind, runtime_available
 from .tensorrt import BatchProfile, EngineConfig, build_engine, read_sidecar
 
 __all__ = ["BenchModel", "BenchResult", "Cell", "describe_model", "probe_memory", "run_bench"]
+
+logger = logging.getLogger(__name__)
 
 Log = Callable[[str], None]
 Opened = tuple[BenchModel, str, Runner, Path]  # a model, its runtime, the runner and the artefact it runs
@@ -70,7 +74,7 @@ def describe_model(path: str | Path, label: str | None = None) -> BenchModel:
     if p.suffix in (".engine", ".plan"):
         side = read_sidecar(p)
         macs = side.get("metadata", {}).get("pruneopt.macs")
-        return BenchModel(label or p.stem, engine=p, input_shape=tuple(side["input_shape"]),  # type: ignore[arg-type]
+        return BenchModel(label or p.stem, engine=p, input_shape=tuple(side["input_shape"]),
                           macs=int(macs) if macs else None, arch=side.get("metadata", {}).get("pruneopt.arch"))
     if p.is_file() and p.suffix == ".json":
         p = p.parent
@@ -90,7 +94,7 @@ def describe_model(path: str | Path, label: str | None = None) -> BenchModel:
     spec, pre = loaded.spec, loaded.preprocess
     shape = pre.input_shape if pre is not None else (spec.in_chans, *get_arch(spec.arch).default_input[1:])
     name = label or (p.name if p.name not in ("", ".") else spec.arch)
-    return BenchModel(name, folder=loaded.folder, input_shape=shape, arch=spec.arch,  # type: ignore[arg-type]
+    return BenchModel(name, folder=loaded.folder, input_shape=shape, arch=spec.arch,
                       spec_hash=spec.hash(), normalize=bool(pre is not None and pre.normalized))
 
 
@@ -211,13 +215,14 @@ def _input_shape(bms: list[BenchModel], input_shape: tuple[int, int, int] | None
     if input_shape is None:
         fixed = shapes or {m.input_shape for m in bms if m.input_shape is not None}
         if len(fixed) != 1:
-            raise ExportError(f"the models take different input sizes {sorted(fixed)}; pass --input CxHxW")  # type: ignore[type-var]
+            raise ExportError(f"the models take different input sizes {sorted(fixed)}; pass --input CxHxW")
         input_shape = next(iter(fixed))
     for s in shapes:
         if s != input_shape:
-            raise ExportError(f"an exported model takes {'x'.join(map(str, s))} but --input is "  # type: ignore[arg-type]
-                              f"{'x'.join(map(str, input_shape))}: re-export it at that size")  # type: ignore[arg-type]
-    return tuple(input_shape)  # type: ignore[arg-type,return-value]
+            raise ExportError(f"an exported model takes {'x'.join(map(str, s))} but --input is "
+                              f"{'x'.join(map(str, input_shape))}: re-export it at that size")
+    c, h, w = input_shape  # a tuple, also where a list was given
+    return (c, h, w)
 
 
 def _open_runners(bms: list[BenchModel], runtimes: Sequence[str], shape: tuple[int, int, int],
@@ -321,8 +326,9 @@ def run_bench(models: Sequence[str | Path | BenchModel], runtimes: Sequence[str]
               log: Log | None = None, seed: int = 0) -> BenchResult:
     """Benchmark every model on every runtime at every batch size; see the module docstring.
 
-    torch's intra-op threads are ``threads`` for the whole benchmark and restored afterwards."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    torch's intra-op threads are ``threads`` for the whole benchmark and restored afterwards. ``log`` gets the
+    progress lines (default: this module's logger, at INFO)."""
+    log = log or logger.info
     if not models:
         raise ExportError("give at least one model to benchmark")
     if warmup < 0 or iters < 1 or (seconds is not None and seconds <= 0):

@@ -272,7 +272,8 @@ def _export_legacy(wrapper: nn.Module, example: torch.Tensor, out_name: str, ops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        torch.onnx.export(wrapper, (example,), buf, input_names=["input"], output_names=[out_name],
+        # the legacy exporter writes to a file-like object too; torch's annotation of `f` names paths only
+        torch.onnx.export(wrapper, (example,), buf, input_names=["input"], output_names=[out_name],  # type: ignore[arg-type]
                           dynamic_axes={"input": {0: "batch"}, out_name: {0: "batch"}}, opset_version=opset,
                           dynamo=False, do_constant_folding=True)
     return onnx.load_from_string(buf.getvalue())

@@ -179,7 +179,7 @@ class OrtRunner(_Closing):
         return binding.copy_outputs_to_cpu()[0]
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None
 
 
 class TorchRunner(_Closing):

@@ -140,6 +140,7 @@ def knn(
         raise ClusterError("use_gpu=True but this FAISS build has no GPU support or sees no GPU")
     kk = min(k + 1, n)
     with faiss_threads(threads):
+        index: faiss.Index
         if gpu:
             res = faiss.StandardGpuResources()
             index = faiss.GpuIndexFlatIP(res, dim)

@@ -41,7 +41,7 @@ from pruneopt.checkpoint import load_state_strict, read_subnet, write_subnet
 from pruneopt.common.files import atomic_write_json
 from pruneopt.errors import SpecError
 from pruneopt.model_formats import FolderModel
-from pruneopt.models import ModelSpec, build, default_spec
+from pruneopt.models import ModelSpec, Network, build, default_spec
 from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, read_preprocess
 
 from .errors import ReidserveError
@@ -121,7 +121,7 @@ class HeadConfig:
     def preprocess(self, pixel_scale: float = 1.0 / 255.0) -> Preprocess:
         """What a model with this head takes (RGB at ``input_size``, ``mean``/``std``) and gives (an L2-normalised
         embedding), as the folder's ``preprocess.json`` records it."""
-        return Preprocess((3, *self.input_size), self.mean, self.std, color="RGB",  # type: ignore[arg-type]
+        return Preprocess((3, *self.input_size), self.mean, self.std, color="RGB",
                           output="embedding", normalized=True, pixel_scale=pixel_scale)
 
     @classmethod
@@ -165,16 +165,15 @@ class ReidModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, head: HeadConfig | None = None) -> None:
         super().__init__()
-        spec = getattr(backbone, "spec", None)
-        if not isinstance(spec, ModelSpec) or not spec.features_only:
+        if not isinstance(backbone, Network) or not backbone.spec.features_only:
             raise ModelError(
                 "the backbone must be a pruneopt.models network built with features_only=True "
                 "(use reid_spec(spec) to convert a classification spec)"
             )
         self.head = head or HeadConfig()
-        self.backbone = backbone
+        self.backbone: Network = backbone
         self.pool = GeM(self.head.gem_p, self.head.gem_eps)
-        dim = int(backbone.out_channels)  # type: ignore[arg-type]  # every pruneopt network sets it
+        dim = int(backbone.out_channels)
         self.neck = nn.BatchNorm1d(dim)
         nn.init.ones_(self.neck.weight)
         nn.init.zeros_(self.neck.bias)
@@ -182,7 +181,7 @@ class ReidModel(nn.Module):
 
     @property
     def spec(self) -> ModelSpec:
-        return self.backbone.spec  # type: ignore[return-value]
+        return self.backbone.spec
 
     @property
     def embed_dim(self) -> int:
@@ -232,7 +231,7 @@ def _adapt_state(state: dict[str, torch.Tensor], spec: ModelSpec) -> tuple[dict[
     return state, spec
 
 
-def backbone_from_subnet(folder: str | os.PathLike[str]) -> nn.Module:
+def backbone_from_subnet(folder: str | os.PathLike[str]) -> Network:
     """A features-only, last-stride-1 backbone from a pruned winner (``spec.json`` + ``weights.safetensors``), a
     re-ID model folder or a ``reidserve train`` run folder (the backbone of its model; the head is left out).
 
@@ -262,7 +261,7 @@ def _read(root: Path, weights_file: str, device: str = "cpu") -> tuple[ModelSpec
         raise ModelError(str(exc)) from exc
 
 
-def backbone_from_module(module: nn.Module) -> nn.Module:
+def backbone_from_module(module: nn.Module) -> Network:
     """A features-only, last-stride-1 copy of a pruneopt network (weights copied, classifier dropped)."""
     spec = getattr(module, "spec", None)
     if not isinstance(spec, ModelSpec):

@@ -47,7 +47,7 @@ from pruneopt.checkpoint import load_subnet, save_subnet
 from pruneopt.common.params import parse_pair
 from pruneopt.errors import PruneoptError
 from pruneopt.evaluate import EvalResult, onnx_latency_ms
-from pruneopt.models import ModelSpec
+from pruneopt.models import ModelSpec, Network
 from pruneopt.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from pruneopt.seeds import derive_seed
 from pruneopt.tasks.base import ConfigView, FinalResult, ParentResult, RunContext, final_rows, fmt
@@ -297,11 +297,13 @@ class ReidTask:
     def prepare_parent(self, ctx: RunContext, folder: Path) -> ParentResult:
         """The given parent as a backbone, scored as it is (a fresh head, no fine-tune) on both query/galleries."""
         c, s = ctx.cfg.common, _section(ctx.cfg)
+        if c.parent is None:  # validate() refused it already
+            raise PruneoptError(PARENT_HINT)
         backbone = _load_parent(c.parent, c.arch)
         hw = self.input_shape(ctx.cfg)[1:]
         val = _map(backbone, s.val_data or c.data, hw, ctx.device)
         test = val if s.val_data is None else _map(backbone, c.data, hw, ctx.device)
-        record = {"source": str(Path(c.parent).resolve()), "fine_tuned": False,  # type: ignore[arg-type]
+        record = {"source": str(Path(c.parent).resolve()), "fine_tuned": False,
                   "val_error": 1 - val["mAP"], "test_error": 1 - test["mAP"], "val_map": val["mAP"],
                   "test_map": test["mAP"], "test_rank1": test["rank1"], "spec": backbone.spec.to_dict()}
         return ParentResult(backbone, record, f"parent {c.arch} (as given, no fine-tune): val mAP {val['mAP']:.4f}, "
@@ -389,10 +391,10 @@ class ReidTask:
         return [selection["note"]] if selection.get("same_query_gallery") else []
 
 
-def _load_parent(parent: str | None, arch: str) -> nn.Module:
+def _load_parent(parent: str, arch: str) -> Network:
     """The given parent as a features-only, last-stride-1, RGB backbone (classifier dropped, grey stem made RGB):
     from a subnetwork folder, a re-ID model folder or a training run folder."""
-    src = Path(parent)  # type: ignore[arg-type]
+    src = Path(parent)
     try:
         backbone = backbone_from_subnet(src)
     except ModelError as exc:

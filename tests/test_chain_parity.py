@@ -114,6 +114,7 @@ def served_embeddings(http: httpx.Client, paths: list[str]) -> np.ndarray:
     return np.concatenate(out)
 
 
+@pytest.mark.slow
 def test_the_export_is_the_whole_model_with_the_folders_preprocessing(run: Path) -> None:
     meta = read_metadata(run / "model.onnx")
     model = load_reid_model(run)
@@ -122,6 +123,7 @@ def test_the_export_is_the_whole_model_with_the_folders_preprocessing(run: Path)
     assert meta.mean == model.head.mean and meta.std == model.head.std
 
 
+@pytest.mark.slow
 def test_service_preprocessing_equals_the_evaluation_transform(run: Path, data: Path) -> None:
     meta = read_metadata(run / "model.onnx")
     ds = load_dataset(data)
@@ -150,6 +152,7 @@ def test_service_preprocessing_equals_evaluation_when_it_downscales(data: Path) 
     assert worst == 0.0, f"pixels differ by up to {worst:.0f} levels"
 
 
+@pytest.mark.slow
 def test_served_embeddings_equal_eval_features(run: Path, data: Path, http: httpx.Client) -> None:
     ds = load_dataset(data)
     items = [*ds.query, *ds.gallery]
@@ -162,6 +165,7 @@ def test_served_embeddings_equal_eval_features(run: Path, data: Path, http: http
     assert got.shape == want.shape and diff <= 1e-4
 
 
+@pytest.mark.slow
 def test_a_gallery_built_through_the_service_gives_evals_map(run: Path, data: Path, http: httpx.Client) -> None:
     ds = load_dataset(data)
     items = [{"id": f"g{i:05d}", "image": b64(Path(g.path).read_bytes()), "camera": f"c{g.camid}"}
@@ -205,6 +209,7 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Modul
     return winner, root / "winner.onnx"
 
 
+@pytest.mark.slow
 def test_classification_winner_served_top1_neighbours_match_torch(classifier: tuple[torch.nn.Module, Path],
                                                                   tmp_path: Path) -> None:
     from pruneopt.data.fashion_mnist import MEAN, STD

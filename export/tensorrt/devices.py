@@ -53,10 +53,10 @@ class Buffer:
 def import_cudart() -> ModuleType:
     """cuda-python's runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` before cuda-python 12.6)."""
     try:
-        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]  # lazy: optional (trt extra)
+        from cuda.bindings import runtime as cudart  # lazy: optional (trt extra)
     except ImportError:
         try:
-            from cuda import cudart  # type: ignore[import-not-found,no-redef]
+            from cuda import cudart
         except ImportError as exc:
             raise RuntimeUnavailableError(CUDA_PYTHON_MISSING) from exc
     return cudart
@@ -155,7 +155,7 @@ class PyCudaBackend:
 
     def __init__(self, device: int = 0) -> None:
         try:
-            import pycuda.driver as drv  # type: ignore[import-not-found]  # lazy: optional (pycuda extra)
+            import pycuda.driver as drv  # lazy: optional (pycuda extra)
         except ImportError as exc:
             raise RuntimeUnavailableError("pycuda is not installed: pip install pruneopt[pycuda]") from exc
         drv.init()

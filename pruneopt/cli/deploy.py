@@ -25,6 +25,7 @@ from ..common.params import parse_int_list, parse_shape
 from ..errors import PruneoptError
 from ..model_formats import load_model_folder
 from ..models import ModelSpec, get_arch, list_archs
+from ..pretrained import spec_of
 from .export_inputs import InputChoice, choose_input
 
 
@@ -165,7 +166,8 @@ def _export_onnx(o: ExportOptions, result: dict[str, Any]) -> tuple[Path, Any]:
     if o.arch is not None or o.path is None:
         model = load_model(o.path, o.arch, in_chans=given[0] if given and o.arch else None,
                            num_classes=o.num_classes, last_stride=o.last_stride, features_only=o.features_only)
-        shape = given or (int(model.spec.in_chans), *get_arch(str(model.spec.arch)).default_input[1:])
+        spec = spec_of(model)
+        shape = given or (spec.in_chans, *get_arch(spec.arch).default_input[1:])
         mean, std = (m, s) if m is not None and s is not None else default_mean_std(shape[0])
         choice = InputChoice(shape, mean, std, normalize=o.normalize)
         fmt = None
@@ -178,7 +180,7 @@ def _export_onnx(o: ExportOptions, result: dict[str, Any]) -> tuple[Path, Any]:
         choice = choose_input(loaded, given, m, s, normalize=o.normalize, override=o.override_preprocess)
         for line in choice.notes:
             click.echo(f"pruneopt export: {line}", err=True)
-    spec, shape = model.spec, choice.shape
+    spec, shape = spec_of(model), choice.shape
     onnx_path = o.out or (Path(o.path) / "model.onnx" if o.path is not None and Path(o.path).is_dir()
                           else Path(f"{o.arch or spec.arch}.onnx"))
     real = load_calibration(o.calib, shape, choice.mean, choice.std) if o.calib is not None else None

@@ -56,15 +56,15 @@ def choose_input(loaded: FolderModel, shape: tuple[int, int, int] | None, mean: 
     if pre is None:
         assumed = []
         if shape is None:
-            shape = (spec.in_chans, *get_arch(spec.arch).default_input[1:])  # type: ignore[assignment]
-            assumed.append(f"input {_shape_text(shape)} (the {spec.arch} default)")  # type: ignore[arg-type]
+            shape = (spec.in_chans, *get_arch(spec.arch).default_input[1:])
+            assumed.append(f"input {_shape_text(shape)} (the {spec.arch} default)")
         if mean is None or std is None:
-            mean, std = default_mean_std(shape[0])  # type: ignore[index]
+            mean, std = default_mean_std(shape[0])
             assumed.append(f"mean {_values_text(mean)} and std {_values_text(std)} (ImageNet's)")
         told = () if not assumed else (
             f"{loaded.folder} records no preprocessing ({PREPROCESS_FILE}); assumed {' and '.join(assumed)}: pass "
             "--input, --mean and --std if the model was trained otherwise",)
-        return InputChoice(shape, mean, std, normalize, source="assumed" if assumed else "given",  # type: ignore[arg-type]
+        return InputChoice(shape, mean, std, normalize, source="assumed" if assumed else "given",
                            notes=told)
     kind = "embedding" if spec.features_only else "logits"
     if pre.output != kind:

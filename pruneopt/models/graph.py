@@ -61,9 +61,11 @@ def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 class Network(nn.Module):
-    """A network built from a width spec by :meth:`Arch.build`; ``spec`` says exactly what it is."""
+    """A network built from a width spec by :meth:`Arch.build`; ``spec`` says exactly what it is, and
+    ``out_channels`` is the width of its last feature map (what a features-only network returns, pooled)."""
 
     spec: ModelSpec
+    out_channels: int
 
 
 class Arch(ABC):

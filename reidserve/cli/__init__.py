@@ -12,7 +12,8 @@ traceback (exit status 1). The group applies the same policy when it is run stan
 ``CliRunner().invoke(cli, ...)``).
 
 When standard output is not a terminal (a pipe, a log file), it is made line-buffered, so that what a command prints
-there and its log lines on standard error stay in the order they were written.
+there and its log lines on standard error stay in the order they were written. The group installs the one log
+handler of :func:`pruneopt.common.logs.setup_logging` (level: ``$REIDSERVE_LOG``; ``serve`` sets its own).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import click
 
 from pruneopt import __version__
 from pruneopt.common.cli import run_cli
+from pruneopt.common.logs import level_from_env, setup_logging
 from pruneopt.errors import PruneoptError
 
 from ..errors import ReidserveError
@@ -40,7 +42,7 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (PruneoptError,)
 class ReidserveGroup(click.Group):
     """A click group that, run standalone, applies :func:`run_cli`'s error policy (see the module docstring)."""
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -61,8 +63,13 @@ def line_buffered_stdout() -> None:
 @click.version_option(__version__, "--version", prog_name=PROG)
 @click.pass_context
 def cli(ctx: click.Context) -> None:
-    """Person re-identification toolkit: data, training, evaluation and serving."""
+    """Person re-identification toolkit: data, training, evaluation and serving.
+
+    Diagnostics go to stderr at the level of $REIDSERVE_LOG (debug, info, warning: the default, error);
+    reidserve serve takes --log-level instead.
+    """
     line_buffered_stdout()
+    setup_logging(level_from_env("REIDSERVE_LOG", error=ReidserveError))
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
 

@@ -22,6 +22,8 @@ import click
 from click.core import ParameterSource
 from pydantic.fields import FieldInfo
 
+from pruneopt.common.logs import setup_logging
+
 from ..service.settings import ENV_PREFIX, NO_FLAG, ServiceSettings
 
 __all__ = ["serve", "settings_options"]
@@ -107,6 +109,6 @@ def serve(ctx: click.Context, **values: Any) -> None:
     # lazy: FastAPI, uvicorn and FAISS are loaded only by a serving process (and after the line above)
     from ..service.server import serve as run_server
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level, force=True)  # the server's loggers (uvicorn's access log too) go through it
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     run_server(settings, announce=lambda line: click.echo(line, err=True))

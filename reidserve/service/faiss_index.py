@@ -32,7 +32,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import faiss
 import numpy as np
@@ -84,6 +84,11 @@ def ivf_codec(index: Any) -> str:
             and getattr(sq, "qtype", None) == faiss.ScalarQuantizer.QT_8bit:
         return "sq8"
     return ""
+
+
+def _hnsw_graph(index: Any) -> faiss.IndexHNSW:
+    """The HNSW graph inside an ``IndexIDMap2`` (``downcast_index`` gives the concrete class; its stub says Index)."""
+    return cast(faiss.IndexHNSW, faiss.downcast_index(index.index))
 
 
 def default_nprobe(nlist: int) -> int:
@@ -151,7 +156,7 @@ class VectorIndex:
         self.index = index
         self.codec = ivf_codec(index) if kind == "ivf" else ""
         if kind == "hnsw":
-            self.hnsw_m = int(faiss.downcast_index(index.index).hnsw.nb_neighbors(1))
+            self.hnsw_m = int(_hnsw_graph(index).hnsw.nb_neighbors(1))  # type: ignore[attr-defined]  # not in the stub
             self.dead = int(index.ntotal) - int(np.count_nonzero(self._id_map() >= 0))
         else:
             self.hnsw_m = 0
@@ -263,13 +268,14 @@ class VectorIndex:
             if not self.gpu:
                 raise
             cpu = faiss.index_gpu_to_cpu(self.index)  # GPU indexes cannot remove: round trip through the CPU
-            cpu.remove_ids(sel)
+            cpu.remove_ids(sel)  # type: ignore[arg-type]  # faiss's wrapper takes ids; its stub: an IDSelector
             self.index = faiss.index_cpu_to_gpu(self._res, 0, cpu)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "hnsw":
             # the IndexIDMap2 hands the selector the ids (not the graph slots): tombstones (-1) are skipped
-            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, int(k)), sel=_LIVE if self.dead else None)
+            params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # in faiss, not in its stub
+                efSearch=max(self.ef_search, int(k)), sel=_LIVE if self.dead else None)
             return self.index.search(queries, k, params=params)
         return self.index.search(queries, k)
 
@@ -278,7 +284,7 @@ class VectorIndex:
         idmap = self._id_map()
         slots = np.flatnonzero(idmap >= 0)
         n = int(self.index.ntotal)
-        storage = faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
+        storage = cast(faiss.IndexFlat, faiss.downcast_index(_hnsw_graph(self.index).storage))
         x = faiss.rev_swig_ptr(storage.get_xb(), n * self.dim).reshape(n, self.dim) if n else \
             np.zeros((0, self.dim), np.float32)
         return idmap[slots].copy(), x[slots].copy()
@@ -293,6 +299,8 @@ class VectorIndex:
             return ids[ids >= 0]
         invlists = faiss.extract_index_ivf(cpu).invlists
         parts = [np.zeros(0, np.int64)]
+        if invlists is None:  # an IVF index without its lists holds nothing that can be read
+            return parts[0]
         for lst in range(invlists.nlist):
             size = invlists.list_size(lst)
             if size:
@@ -342,8 +350,10 @@ class VectorIndex:
             raise SnapshotError(f"{path}: FAISS cannot read the index ({str(exc).splitlines()[0]})") from exc
         # read_index returns the concrete class
         wanted = (faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer) if kind == "ivf" else faiss.IndexIDMap2
+        hnsw_ok = isinstance(index, faiss.IndexIDMap2) and isinstance(faiss.downcast_index(index.index),
+                                                                       faiss.IndexHNSWFlat)
         if not isinstance(index, wanted) or (kind == "ivf" and not ivf_codec(index)) or (
-                kind == "hnsw" and not isinstance(faiss.downcast_index(index.index), faiss.IndexHNSWFlat)):
+                kind == "hnsw" and not hnsw_ok):
             raise SnapshotError(f"{path}: holds a {type(index).__name__}, not the {kind} index its header names")
         nlist = int(header.get("nlist") or 0)
         if kind == "ivf" and not nprobe and "codec" not in header:
@@ -384,7 +394,7 @@ def write_snapshot_file(path: Path, header: dict[str, Any], payload: np.ndarray 
     so concurrent writers never share one; fsync, rename, fsync of the folder), readable by its owner only by
     default; returns its size in bytes."""
     head = json.dumps(header, sort_keys=True).encode()
-    view = memoryview(payload).cast("B") if not isinstance(payload, bytes) else memoryview(payload)
+    view = payload.data.cast("B") if not isinstance(payload, bytes) else memoryview(payload)
     digest = hashlib.sha256(head)
     digest.update(view)
 

@@ -10,6 +10,7 @@ then adapt it without labels to the target data. The recipe: a cosine classifier
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from .images import DecodedImages
 from .views import train_transform
 
 __all__ = ["PretrainConfig", "pretrain_backbone"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,10 @@ def pretrain_backbone(
 ) -> dict[str, Any]:
     """Train ``cfg.arch`` with the true identities of ``cfg.data``'s training split, save its backbone into
     ``out`` (``spec.json`` + weights, usable as ``--backbone``) and return the last source-domain metrics
-    (query/gallery of the same data, as a dict) with the seconds it took."""
+    (query/gallery of the same data, as a dict) with the seconds it took. ``log`` gets the progress lines
+    (default: this module's logger, at INFO)."""
     cfg = cfg.validate()
-    say = log or (lambda s: print(s, flush=True))
+    say = log or logger.info
     ds = load_dataset(cfg.data)
     items, _ = relabel(ds.train)
     with torch_threads(cfg.threads):

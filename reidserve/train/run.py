@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from .runfolder import (
 from .trainer import Trainer, make_progress, summary_line
 
 __all__ = ["TrainResult", "initial_model", "run_training", "train_reid"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def train_reid(
     A checkpoint with a different configuration (other than
     :data:`~reidserve.train.config.RUNTIME_FIELDS`) is refused with a :class:`TrainError`; ``resume=True``
     additionally requires a checkpoint to exist. ``log`` receives one line per epoch (rank 0 only); default:
-    print to stdout. ``trainer_cls``: see :func:`run_training`.
+    this module's logger, at INFO. ``trainer_cls``: see :func:`run_training`.
     """
-    return run_training(cfg, Path(out), resume=resume, log=log or (lambda s: print(s, flush=True)),
+    return run_training(cfg, Path(out), resume=resume, log=log or logger.info,
                         trainer_cls=trainer_cls)

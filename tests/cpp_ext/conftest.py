@@ -94,11 +94,6 @@ def compiled_backend() -> str:
     return state.name
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
 @pytest.fixture(scope="session")
 def cuda_emulation(compiled_backend: str):
     """torch.ops.pruneopt_cuda_emu: the CUDA kernels compiled as C++ and run on CPU threads."""

@@ -11,7 +11,7 @@ from cpp_ext.reference import multi_positive_loss_reference
 
 from .conftest import make_problem
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.gpu  # skipped without a CUDA device (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

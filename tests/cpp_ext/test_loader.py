@@ -59,6 +59,7 @@ def test_import_is_lazy_and_env_var_forces_reference() -> None:
     assert out["loss"] == out["ref"] == out["again"]
 
 
+@pytest.mark.slow
 def test_missing_compiler_falls_back_with_one_warning(tmp_path: Path) -> None:
     if _loader._find_prebuilt() is not None:
         pytest.skip("a prebuilt library is installed, so no compiler is needed")
@@ -72,6 +73,7 @@ def test_missing_compiler_falls_back_with_one_warning(tmp_path: Path) -> None:
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.slow
 def test_unloadable_prebuilt_library_is_reported_and_skipped(compiled_backend: str, tmp_path: Path) -> None:
     bogus = tmp_path / "_C.cpython-bogus.so"
     bogus.write_bytes(b"not a shared library")

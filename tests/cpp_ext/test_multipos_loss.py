@@ -358,6 +358,7 @@ def _peak_rss_increase(fn) -> int:
     return read("VmHWM:") - start
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc peak-RSS accounting")
 def test_never_materialises_the_similarity_matrix(compiled_backend: str) -> None:
     B, M, D = 256, 120000, 16  # memory-bank shape: B x M float32 is 123 MB, k only 7.7 MB

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_cuda_source_compiles_with_nvcc(tmp_path: Path) -> None:
     from torch.utils import cpp_extension
 

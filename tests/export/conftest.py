@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,10 +10,11 @@ from torch import nn
 
 from export.onnx import ExportResult, export_onnx
 from pruneopt.checkpoint import save_subnet
+from pruneopt.common.threads import torch_threads
 from pruneopt.models import build, default_spec
 from pruneopt.space import PruningSpace, Regime
 from pruneopt.thinning import thin
-from tests.pruneopt.conftest import randomise_bn
+from tests.support.models import randomise_bn
 
 CIFAR = (3, 32, 32)
 
@@ -26,13 +28,11 @@ class Exported:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread():
+def _one_torch_thread() -> Iterator[None]:
     """Torch on one thread: its OpenMP threads spin-wait, which on a loaded 2-core machine makes two threads
     several times slower than one (ONNX Runtime keeps its own pool)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

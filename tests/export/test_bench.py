@@ -15,6 +15,7 @@ from export.errors import ExportError
 from .conftest import CIFAR, Exported
 
 
+@pytest.mark.slow
 def test_bench_two_models_side_by_side(subnet_folders: tuple[Path, Path], tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     parent, half = subnet_folders

@@ -19,6 +19,7 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {"input": x})[0]
 
 
+@pytest.mark.slow
 def test_fp16_graph_keeps_float32_io_and_the_normalisation_tail(r20_embedding: Exported) -> None:
     model = load_onnx(r20_embedding.path)
     half, report = convert_to_fp16(model)

@@ -27,7 +27,7 @@ from export.runners import make_runner
 from pruneopt.complexity import count
 from pruneopt.models import build, default_spec
 from pruneopt.thinning import thin
-from tests.pruneopt.conftest import random_specs, randomise_bn
+from tests.support.models import random_specs, randomise_bn
 
 from .conftest import CIFAR, Exported
 
@@ -54,8 +54,8 @@ def family_case(name: str) -> torch.nn.Module:
     return parent
 
 
-@pytest.mark.parametrize("case", ["resnet20", "resnet56-pruned", "resnet18", "resnet50-pruned",
-                                  "mobilenetv2-pruned"])
+@pytest.mark.parametrize("case", ["resnet20", *(pytest.param(c, marks=pytest.mark.slow) for c in (
+    "resnet56-pruned", "resnet18", "resnet50-pruned", "mobilenetv2-pruned"))])
 def test_every_family_exports_verified_and_runs_at_1_7_64(case: str, tmp_path: Path) -> None:
     """CIFAR ResNets, ImageNet-style basic (resnet18) and bottleneck (resnet50) ResNets, MobileNetV2; pruned ones
     have random odd widths on every slot."""
@@ -77,6 +77,7 @@ def test_every_family_exports_verified_and_runs_at_1_7_64(case: str, tmp_path: P
     assert meta.spec_hash == model.spec.hash() and meta.macs == count(model.spec, shape[1:]).macs
 
 
+@pytest.mark.slow
 def test_dynamo_export_of_an_embedding_model(r20_embedding: Exported) -> None:
     res = r20_embedding.result
     assert res.exporter == "dynamo" and res.fallback_reason is None

@@ -84,6 +84,7 @@ def test_malformed_spec_file(capsys, tmp_path) -> None:
     assert code == 2 and "not valid JSON" in err
 
 
+@pytest.mark.slow
 def test_console_script_end_to_end(tmp_path) -> None:
     """The installed entry point, as a user runs it: no traceback on bad input, JSON on good."""
     exe = [sys.executable, "-c", "from pruneopt.cli import main; main()"]

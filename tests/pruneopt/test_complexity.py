@@ -6,9 +6,12 @@ import pytest
 from pruneopt.complexity import CostModel, count, count_module, parse_input
 from pruneopt.errors import PruneoptError
 from pruneopt.models import build, default_spec, get_arch
+from tests.support.models import random_specs
 
-from .conftest import random_specs
 from .test_models import ALL
+
+# the longest hook counts, marked slow (make test runs them, make test-fast does not)
+SLOW_ARCHS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet110", "mobilenetv2"}
 
 
 @pytest.mark.parametrize("arch,input_hw,macs_range,params", [
@@ -32,7 +35,7 @@ def test_published_cifar_resnet56() -> None:
     assert c.macs == 125_747_840 and c.params == 855_770
 
 
-@pytest.mark.parametrize("arch", ALL)
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW_ARCHS else a for a in ALL])
 def test_analytic_equals_hook_count_for_50_random_specs(arch: str, single_thread: None) -> None:
     a = get_arch(arch)
     hw = (32, 32) if a.style == "cifar" else (80, 48)  # any size works; odd aspect catches H/W mix-ups

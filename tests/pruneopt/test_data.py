@@ -126,6 +126,7 @@ def test_train_val_split_is_deterministic_stratified_and_disjoint(isolated) -> N
         train_val_split(train, 1.5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(fm.locate() is None, reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
 def test_the_real_dataset() -> None:
     data = load_fashion_mnist()

@@ -69,6 +69,7 @@ def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     add_entry_points(tmp_path / "site", monkeypatch, "toy = tests.pruneopt.toy_task:TASK")
 
 
+@pytest.mark.slow
 def test_spawned_workers_are_pinned_to_distinct_devices(toy: None, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Each worker process takes the next device as it starts (checked on the initializer itself, then through two

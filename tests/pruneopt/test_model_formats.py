@@ -62,6 +62,7 @@ def test_a_broken_plug_in_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -
         mf.available_formats()
 
 
+@pytest.mark.slow
 def test_importing_the_registry_loads_no_format() -> None:
     code = ("import sys, pruneopt.model_formats, pruneopt.cli; "
             "bad = [m for m in ('reidserve', 'reidserve.model', 'torch') if m in sys.modules]; "

@@ -8,8 +8,7 @@ from torch import nn
 
 from pruneopt.errors import PruneoptError, SpecError
 from pruneopt.models import ModelSpec, build, default_spec, get_arch, list_archs
-
-from .conftest import random_specs
+from tests.support.models import random_specs
 
 ALL = ["resnet20", "resnet32", "resnet56", "resnet110", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2"]
 

@@ -19,8 +19,7 @@ from pruneopt.preprocess import Preprocess, read_preprocess
 from pruneopt.pretrained import expected_shapes, head_name, inspect_state_dict, load_state_dict_parent, replace_head
 from pruneopt.space import PruningSpace, Regime
 from pruneopt.thinning import thin
-
-from .conftest import randomise_bn
+from tests.support.models import randomise_bn
 
 
 def state_of(arch: str, **options: object) -> dict[str, torch.Tensor]:
@@ -34,6 +33,7 @@ def test_expected_shapes_are_the_built_networks(arch: str) -> None:
     assert expected_shapes(model.spec) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_every_file_format_loads_the_same_network(tmp_path: Path) -> None:
     state = state_of("resnet18")
     torch.save(state, tmp_path / "bare.pth")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -15,6 +17,7 @@ def dry_run(**env: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, env={**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, **env})
 
 
+@pytest.mark.slow
 def test_every_step_of_the_imagenet_recipe_parses() -> None:
     r = dry_run()
     assert r.returncode == 0, r.stderr
@@ -26,6 +29,7 @@ def test_every_step_of_the_imagenet_recipe_parses() -> None:
     assert '"val_fraction": 0.02' in out and '"workers": 8' in out
 
 
+@pytest.mark.slow
 def test_a_bad_option_in_the_recipe_fails_its_dry_run() -> None:
     r = dry_run(SEARCH_ARGS="--no-such-option 3")
     assert r.returncode == 2 and "No such option '--no-such-option'" in r.stderr

@@ -59,6 +59,7 @@ def reference(fake_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_search_produces_winner_report_and_database(reference) -> None:
     for name in ("report.md", "summary.json", "config.json", "edf_0.5.png", "error_vs_r_0.5.png",
                  "rstar_by_regime.png", "winner/spec.json", "winner/weights.safetensors", "parent/spec.json"):
@@ -88,6 +89,7 @@ def test_search_produces_winner_report_and_database(reference) -> None:
         assert pre.mean == (MEAN,) and pre.std == (STD,) and pre.output == "logits"
 
 
+@pytest.mark.slow
 def test_analyze_rerenders_from_the_database_alone(reference, capsys) -> None:
     for name in ("report.md", "summary.json", "edf_0.5.png"):
         (reference / name).unlink()
@@ -98,6 +100,7 @@ def test_analyze_rerenders_from_the_database_alone(reference, capsys) -> None:
     assert (reference / "report.md").is_file() and (reference / "edf_0.5.png").is_file()
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_search_evaluates_nothing(reference, fake_data) -> None:
     before = candidate_rows(reference)
     run_search(cfg(), reference, workers=1, threads=1, data_dir=str(fake_data), show_progress=False, force=True)
@@ -106,6 +109,7 @@ def test_rerunning_a_finished_search_evaluates_nothing(reference, fake_data) -> 
         assert set(s.evaluation_counts().values()) == {1}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_matches_the_uninterrupted_run(reference, fake_data, tmp_path) -> None:
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "pruneopt", "search", "--data-dir", str(fake_data), "--out", str(out), *CLI_TINY,
@@ -157,6 +161,7 @@ def test_the_noise_floor_re_evaluates_initial_specs_with_extra_seeds(reference) 
     assert derive_seed(0, "eval") not in seeds and all(0 <= e <= 1 for _, _, e in floor)
 
 
+@pytest.mark.slow
 def test_local_pool_gives_the_same_results(reference, fake_data, tmp_path) -> None:
     out = tmp_path / "pool"
     run_search(cfg(), out, workers=2, threads=1, data_dir=str(fake_data), show_progress=False, force=True)
@@ -164,6 +169,7 @@ def test_local_pool_gives_the_same_results(reference, fake_data, tmp_path) -> No
     assert winner(out) == winner(reference)
 
 
+@pytest.mark.slow
 def test_ray_backend_gives_the_same_results(reference, fake_data, tmp_path) -> None:
     pytest.importorskip("ray")
     out = tmp_path / "ray"
@@ -180,6 +186,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     return info.value.code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_different_config_on_an_existing_run_is_refused(reference, fake_data, capsys) -> None:
     code, err = run_cli(capsys, "search", "--data-dir", str(fake_data), "--out", str(reference), *CLI_TINY[:-2],
                         "--final-epochs", "3", "--threads", "1", "--no-progress")

@@ -52,6 +52,7 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_state_dict_parent_on_an_image_folder_with_head_replacement(folder: Path, r18: Path, tmp_path: Path,
                                                                        capsys) -> None:
     out = tmp_path / "run"
@@ -80,6 +81,7 @@ def test_a_state_dict_parent_on_an_image_folder_with_head_replacement(folder: Pa
     assert "its 1000-class head replaced" in err
 
 
+@pytest.mark.slow
 def test_a_state_dict_parent_of_the_datas_classes_is_used_as_it_is(folder: Path, tmp_path: Path, capsys) -> None:
     torch.manual_seed(0)
     weights = build(default_spec("resnet20", num_classes=3)).state_dict()
@@ -96,6 +98,7 @@ def test_a_state_dict_parent_of_the_datas_classes_is_used_as_it_is(folder: Path,
     assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.25, 0.25, 0.25)  # --mean/--std, one value per channel
 
 
+@pytest.mark.slow
 def test_a_parent_near_chance_stops_the_search_until_forced(folder: Path, tmp_path: Path, capsys) -> None:
     torch.manual_seed(0)
     model = build(default_spec("resnet20", num_classes=3))

@@ -92,6 +92,7 @@ def candidates(run: Path) -> list[dict]:
         return s.rows()
 
 
+@pytest.mark.slow
 def test_summary_has_map_finals_and_a_loadable_winner_in_the_regime(run: Path) -> None:
     s = summary(run)
     assert s["task"] == "reid" and s["metric"] == "mAP" and s["candidates"] == {"done": 8}
@@ -127,6 +128,7 @@ def test_summary_has_map_finals_and_a_loadable_winner_in_the_regime(run: Path) -
     assert SearchConfig.from_dict(cfg).to_dict() == cfg
 
 
+@pytest.mark.slow
 def test_candidate_errors_are_one_minus_the_recomputed_map(run: Path, tiny: Path) -> None:
     rows = candidates(run)
     assert len(rows) == 8 and all(0.0 <= r["error"] <= 1.0 for r in rows)
@@ -145,6 +147,7 @@ def test_candidate_errors_are_one_minus_the_recomputed_map(run: Path, tiny: Path
     assert row["error"] == 1.0 - m_ap
 
 
+@pytest.mark.slow
 def test_the_winners_final_is_finetune_and_score_with_the_final_budget(run: Path, tiny: Path) -> None:
     s = summary(run)
     spec = ModelSpec.from_dict(s["finals"]["winner"]["spec"])
@@ -153,6 +156,7 @@ def test_the_winners_final_is_finetune_and_score_with_the_final_budget(run: Path
     assert s["finals"]["winner"]["test_map"] == m_ap
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_a_changed_config_is_refused(run: Path, tiny: Path, parent: Path, capsys) -> None:
     before = summary(run)
     r = CliRunner().invoke(cli, search_args(tiny, parent, run))
@@ -165,6 +169,7 @@ def test_rerun_resumes_and_a_changed_config_is_refused(run: Path, tiny: Path, pa
     assert code == 2 and err.count("\n") == 1 and "different config" in err and "final_steps" in err
 
 
+@pytest.mark.slow
 def test_a_local_process_pool_gives_the_same_candidates(run: Path, tiny: Path, parent: Path, tmp_path: Path) -> None:
     """Spawned workers import the re-ID evaluator on demand and score every candidate exactly as in-process."""
     out = tmp_path / "pool"
@@ -176,6 +181,7 @@ def test_a_local_process_pool_gives_the_same_candidates(run: Path, tiny: Path, p
     assert summary(out)["finals"] == summary(run)["finals"]
 
 
+@pytest.mark.slow
 def test_val_data_scores_the_candidates_and_the_finals_use_data(tiny: Path, parent: Path, tmp_path: Path) -> None:
     val = tmp_path / "val"
     generate(SynthConfig(ids=12, cams=3, seed=7, imgs_per_id=(3, 4), size=(64, 32), distractors=2), val)
@@ -256,6 +262,7 @@ def test_config_round_trip_and_classification_configs_unchanged() -> None:
     assert not {"size", "val_data", "reid_batch", "final_steps", "k1"} & set(cls)  # old runs still resume
 
 
+@pytest.mark.slow
 def test_importing_pruneopt_does_not_import_reidserve() -> None:
     code = ("import sys, pruneopt, pruneopt.search, pruneopt.evaluate, pruneopt.cli, pruneopt.pools; "
             "from pruneopt.tasks.registry import get_task; get_task('classification'); "
@@ -265,6 +272,7 @@ def test_importing_pruneopt_does_not_import_reidserve() -> None:
 
 
 # -- the joints of a re-ID search (issue 15) -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_winner_folder_is_what_every_consumer_takes(run: Path, tiny: Path, tmp_path: Path) -> None:
     """winner/ is the scored model: `reidserve eval --model` gives the final's test mAP, `pruneopt export` exports
     it whole, `reidserve train --backbone` and a later search's --parent start from its backbone."""
@@ -300,6 +308,7 @@ def test_the_winner_folder_is_what_every_consumer_takes(run: Path, tiny: Path, t
         assert torch.equal(v, winner.backbone.state_dict()[k]), k
 
 
+@pytest.mark.slow
 def test_a_training_run_folder_is_a_parent(tiny: Path, parent: Path, tmp_path: Path) -> None:
     """--parent takes what `reidserve eval --model` takes: a `reidserve train` run folder too."""
     from reidserve.search_task import _load_parent
@@ -315,6 +324,7 @@ def test_a_training_run_folder_is_a_parent(tiny: Path, parent: Path, tmp_path: P
         assert torch.equal(v, trained.backbone.state_dict()[k]), k
 
 
+@pytest.mark.slow
 def test_search_finetunes_fall_back_to_every_image_as_an_identity(tiny: Path, parent: Path, tmp_path: Path) -> None:
     """DBSCAN with the default settings finds 2 big clusters and no outliers on the tiny data: `reidserve train`
     stops (its fallback, outliers as singletons, adds none), the search's fine-tunes train on every image as its
@@ -340,6 +350,7 @@ def test_search_finetunes_fall_back_to_every_image_as_an_identity(tiny: Path, pa
     assert "--batch" not in str(info.value) and "--eps" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_bn_batches_zero_skips_the_recalibration(run: Path, tiny: Path) -> None:
     row = candidates(run)[0]
     spec = ModelSpec.from_json(row["spec"])

@@ -264,6 +264,7 @@ def test_a_third_task_from_an_entry_point_gets_its_options(toy: None) -> None:
     assert "toy: a toy task for the tests" in helps["task"]
 
 
+@pytest.mark.slow
 def test_a_third_task_from_an_entry_point_runs_a_search_end_to_end(toy: None, tmp_path: Path, capsys) -> None:
     """No edit to pruneopt: the engine, two spawned workers, the finals, the report and the CLI use the toy task."""
     out = tmp_path / "run"

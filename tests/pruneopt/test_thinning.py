@@ -10,8 +10,7 @@ from pruneopt.errors import SpecError
 from pruneopt.models import build, default_spec, get_arch
 from pruneopt.space import PruningSpace, Regime
 from pruneopt.thinning import channel_importance, keep_indices, thin
-
-from .conftest import randomise_bn
+from tests.support.models import randomise_bn
 
 ARCHS = ["resnet20", "resnet56", "resnet18", "resnet50", "mobilenetv2"]
 
@@ -20,7 +19,7 @@ def parent_of(arch: str, **options: object):
     return randomise_bn(build(get_arch(arch).default_spec(**options))).eval()  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "resnet50" else a for a in ARCHS])
 def test_full_width_thinning_reproduces_the_parent(arch: str) -> None:
     parent = parent_of(arch)
     child = thin(parent, parent.spec).eval()
@@ -100,6 +99,7 @@ def test_thinning_errors() -> None:
         thin(torch.nn.Linear(2, 2), parent.spec)
 
 
+@pytest.mark.slow
 def test_thinned_model_runs_in_onnx_runtime(tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     parent = parent_of("resnet20", in_chans=1)

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-
-from reidserve.data.synth import SynthConfig, SynthResult, generate  # noqa: E402
+from reidserve.data.synth import SynthConfig, SynthResult, generate
 
 SMALL_SYNTH = SynthConfig(ids=8, cams=3, seed=3, imgs_per_id=(2, 3), size=(64, 32), distractors=5, junk=2)
 

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
+import claims  # bench/ is on the tests' path (pythonpath in pyproject.toml's [tool.pytest.ini_options])
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-import claims  # noqa: E402
-from claims_stats import paired_interval, verdict  # noqa: E402
+from claims_stats import paired_interval, verdict
 
 TINY = [
     "--ids", "8", "--cams", "3", "--imgs-per-id", "2-3", "--pretrain-steps", "2", "--batch", "4x2",
@@ -36,6 +30,7 @@ def test_paired_interval_and_verdict() -> None:
     assert math.isinf(paired_interval([0.1], [0.2])["lo"])
 
 
+@pytest.mark.slow
 def test_claims_tmp_writes_its_table_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "claims"
     claims.main(["tmp", "--out", str(out), "--jobs", "1", *TINY])

@@ -75,6 +75,7 @@ def test_group_is_extensible(tmp_path: Path) -> None:
         cli.commands.pop("_probe_cmd")
 
 
+@pytest.mark.slow
 def test_real_process_exit_codes(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "reidserve.cli", "synth", "--out", str(tmp_path / "p"), *SMALL]

@@ -246,6 +246,7 @@ def test_auth_mutating(http: httpx.Client) -> None:
     assert 'reidserve_auth_failures_total{reason="invalid"}' in text
 
 
+@pytest.mark.slow
 def test_auth_all(models: dict[str, Path], tmp_path: Path) -> None:
     token_file = tmp_path / "tokens"
     token_file.write_text("# two tokens\n" + "first-token-aaaaaaaaaaaa\nsecond-token-bbbbbbbbbbb\n")
@@ -385,6 +386,7 @@ def _fake_fashion_mnist(folder: Path, n: int = 40) -> None:
     (folder / "t10k-labels-idx1-ubyte").write_bytes(head_y + y.tobytes())
 
 
+@pytest.mark.slow
 def test_grayscale_classifier_and_cli(models: dict[str, Path], tmp_path: Path) -> None:
     args = ["--model", str(models["fmnist.onnx"]), "--data-dir", str(tmp_path / "d"), "--auth", "none"]
     with ServerProcess(args) as srv, ReidClient(srv.url) as c:

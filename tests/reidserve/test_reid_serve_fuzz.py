@@ -51,6 +51,7 @@ def fuzz_server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
         yield srv
 
 
+@pytest.mark.slow
 def test_no_server_errors(fuzz_server: ServerProcess) -> None:
     """Every operation, each content type, valid and invalid data: no 5xx (and no connection failure), and no
     answer that disagrees with the OpenAPI document."""

@@ -153,6 +153,7 @@ def _response(s: socket.socket) -> bytes:
     return head
 
 
+@pytest.mark.slow
 def test_kept_alive_connection_may_idle_between_requests(server: ServerProcess) -> None:
     """The header clock starts with a request's first byte, not when the previous answer went out."""
     with socket.create_connection(("127.0.0.1", int(server.port or 0)), timeout=10) as s:

@@ -77,6 +77,7 @@ def test_a_model_without_metadata_needs_the_flags_and_creates_nothing(models: di
     assert code == 2 and "give --input CxHxW too" in err
 
 
+@pytest.mark.slow
 def test_a_model_without_metadata_is_served_like_its_pruneopt_export(models: dict[str, Path],
                                                                      tmp_path: Path) -> None:
     images = random_images(5, 100, 50, seed=11)

@@ -209,8 +209,7 @@ def _write_then_crash(folder: Path, index: str = "ivf", before_snapshot: str = "
     """In a subprocess: 30 items (then ``before_snapshot``), a snapshot, then 10 more items, ``p3`` deleted and
     ``p4`` replaced by ``x[39]`` after it, and an exit without ``close()`` (so no final snapshot)."""
     script = textwrap.dedent(f"""
-        import os, sys
-        sys.path.insert(0, {str(REPO)!r})
+        import os
         import numpy as np
         from reidserve.service.sqlite_store import SqliteFaissStore
         from reidserve.service.store import GalleryRecord
@@ -225,7 +224,8 @@ def _write_then_crash(folder: Path, index: str = "ivf", before_snapshot: str = "
         s.upsert([GalleryRecord("p4", x[39])])                             # a replacement after it
         os._exit(0)                                                        # no close(): no final snapshot
     """)
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, env=env)
 
 
 def test_snapshot_then_replay_after_crash(tmp_path: Path) -> None:

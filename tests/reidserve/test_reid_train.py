@@ -172,6 +172,7 @@ def test_two_views_differ_and_are_reproducible(tiny: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_folder_and_log(trained: Path) -> None:
     assert {p.name for p in trained.iterdir()} >= {"config.json", "log.jsonl", "checkpoint.pt", "model"}
     recs = log_records(trained)
@@ -187,6 +188,7 @@ def test_run_folder_and_log(trained: Path) -> None:
     assert ckpt["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tiny: Path, trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "reidserve.cli", *train_args(tiny, out, 2)]
@@ -232,6 +234,7 @@ def pruned_winner(folder: Path, in_chans: int = 1) -> Path:
         return save_subnet(build(spec.with_widths([max(4, w // 2) for w in spec.widths])), folder)
 
 
+@pytest.mark.slow
 def test_ddp_two_process_gloo_from_a_pruned_winner(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     winner = pruned_winner(tmp_path / "winner")
@@ -251,6 +254,7 @@ def test_ddp_two_process_gloo_from_a_pruned_winner(tiny: Path, tmp_path: Path) -
     assert model.spec.in_chans == 3 and model.embed_dim == 32  # the winner's half-width last stage
 
 
+@pytest.mark.slow
 def test_eval_json(trained: Path, tiny: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["eval", "--model", str(trained), "--data", str(tiny), "--json", "--threads", "1"])
     assert r.exit_code == 0, r.output
@@ -272,6 +276,7 @@ def test_eval_json(trained: Path, tiny: Path, tmp_path: Path) -> None:
     assert set(json.loads(r.stdout)) == EVAL_KEYS
 
 
+@pytest.mark.slow
 def test_finetune_and_score_is_deterministic(tiny: Path) -> None:
     backbone = build(default_spec("resnet20", num_classes=10))
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
@@ -297,6 +302,7 @@ def assert_one_line_error(r, message: str) -> None:  # noqa: ANN001 - click Resu
     assert message in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_bad_input_exit_2(tiny: Path, trained: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     assert_one_line_error(runner.invoke(main, train_args(tmp_path / "missing", tmp_path / "o", 1)), "does not exist")
@@ -340,6 +346,7 @@ def test_too_few_pseudo_identities_is_a_clear_error(tiny: Path, tmp_path: Path) 
     assert_one_line_error(r, "fewer than P=80")
 
 
+@pytest.mark.slow
 def test_too_few_clusters_falls_back_to_singletons_for_the_epoch(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 __all__ = ["RGB", "VIEWS", "Camera", "Identity", "cloth_colour", "darker", "jitter", "make_camera", "make_identity",
@@ -50,7 +50,7 @@ def random_stream(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
 
-def jitter(rng: np.random.Generator, rgb: Sequence[int], amount: float) -> RGB:
+def jitter(rng: np.random.Generator, rgb: npt.ArrayLike, amount: float) -> RGB:
     out = np.clip(np.asarray(rgb, dtype=np.float64) + rng.normal(0.0, amount, 3), 0, 255)
     return int(out[0]), int(out[1]), int(out[2])
 

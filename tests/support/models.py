@@ -1,11 +1,14 @@
+"""Model helpers shared by the test folders: random width specs and batch norms with non-trivial statistics."""
+
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from pruneopt.models import ModelSpec, get_arch
 from pruneopt.space import PruningSpace
+
+__all__ = ["random_specs", "randomise_bn"]
 
 
 def random_specs(arch: str, n: int, seed: int, r_min: float = 0.05, **options: object) -> list[ModelSpec]:
@@ -28,17 +31,3 @@ def randomise_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 m.weight.copy_(torch.randn(m.num_features, generator=g))
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-@pytest.fixture
-def single_thread():
-    """Many tiny forward passes run fastest (and steadiest on a shared machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
