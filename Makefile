@@ -8,7 +8,7 @@
 # its CUDA libraries aside: TORCH picks those). `make lock` refreshes the pins from the newest allowed versions;
 # `make test-latest` runs the suite against the newest allowed versions in .venv-latest (not in CI), so an upgrade
 # that breaks something is found on purpose. `make lint` (ruff), `make imports` (the layer contract) and
-# `make typecheck` (mypy) run in CI too.
+# `make typecheck` (mypy) run in CI too. `make test-fast` skips the tests marked slow or gpu (about 2 minutes).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -19,7 +19,7 @@ CONSTRAINTS := constraints.txt
 # what the lock leaves to TORCH: torch itself and the CUDA libraries of its build; and this package
 UNPINNED := ^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+|pruneopt)==
 
-.PHONY: setup data demo demo-reid test test-latest lint imports typecheck lock bench clean
+.PHONY: setup data demo demo-reid test test-fast test-latest lint imports typecheck lock bench clean
 
 setup: $(STAMP) data
 
@@ -71,7 +71,6 @@ test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 # the suite without the tests marked slow (the slowest, by measured duration) or gpu: about 2 minutes on 2 cores
-.PHONY: test-fast
 test-fast: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow and not gpu"
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .complexity import MACS, PARAMS, CostModel, layer_terms, count
+from .complexity import MACS, PARAMS, CostModel, count, layer_terms
 from .errors import PruneoptError
 from .models import ModelSpec, get_arch
 

@@ -64,7 +64,7 @@ def prepare_parent(ctx: RunContext, folder: Path, source: ParentSource, data: tu
     head: dict[str, Any] | None = None
     if source.kind == "trained":
         torch.manual_seed(derive_seed(c.seed, "init"))  # weight init draws from the global generator
-        model = build(source.spec)
+        model: nn.Module = build(source.spec)
         tc = TrainConfig(epochs=s.parent_epochs, batch_size=s.batch_size, lr=s.parent_lr)
         total = s.parent_epochs * (len(train_split) // s.batch_size)
         train(model, train_split, tc, derive_seed(c.seed, "parent"), checkpoint=folder / "checkpoint.pt",
