@@ -4,20 +4,14 @@ results, table and plot, resumes, and refuses other settings."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+import claims  # bench/ is on pytest's pythonpath (pyproject)
 import pytest
+from claims_pruning import pruning_summary
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-import claims  # noqa: E402
-from claims_pruning import pruning_summary  # noqa: E402
-
-from pruneopt.store import Store  # noqa: E402
+from pruneopt.store import Store
 
 
 def _iv(x: float) -> dict[str, float]:

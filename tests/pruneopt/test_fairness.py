@@ -30,9 +30,9 @@ from pruneopt.space import PruningSpace, Regime
 from pruneopt.store import Store
 from pruneopt.tasks import registry
 from pruneopt.train import TrainConfig, _lr_at, train, warmup_steps
+from tests.support.models import randomise_bn
 
 from . import toy_task
-from .conftest import randomise_bn
 
 
 # -- baselines ---------------------------------------------------------------------------------------------------
