@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Pruning-space search of a torchvision ResNet-50 on ImageNet, on a GPU machine: the recipe for people who ship
 # classifiers. It searches at 0.5 and at 0.25 of the parent's FLOPs (4.09 G MACs at 224x224), evaluating the
-# candidates on Ray actors, one per visible GPU, gives the winner and the two baselines (uniform width, global L1)
-# the same final fine-tune, and exports the winners to verified ONNX.
+# candidates on Ray actors, one per visible GPU, gives the winner and the baselines (uniform width, global and
+# layer-normalised L1, BN-gamma) the same final fine-tune, and exports the winners to verified ONNX.
 #
 # What it aims at (ResNet-50, ImageNet top-1; the published rows fine-tune for 100+ epochs, this recipe for
 # FINAL_EPOCHS, so expect its figures below them and compare its winner with its own baselines first):
