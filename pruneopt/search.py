@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .analysis import bootstrap_r_star, compare
@@ -97,7 +98,7 @@ class Context:
     def say(self, msg: str) -> None:
         self.log.append(msg)
         if self.progress is not None:
-            self.progress.console.print(msg)
+            self.progress.console.print(msg, soft_wrap=True)  # above the bars, never wrapped mid-line
         elif self.echo:
             print(msg, file=sys.stderr, flush=True)
 
@@ -424,9 +425,12 @@ def _start_afresh(ctx: Context, changes: str) -> None:
 
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Any]:
-    if not enabled:
+    """Progress bars on stderr when it is a terminal; otherwise none (each stage's result is then one line on
+    stderr, in order with the rest of the log)."""
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
         yield None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), transient=False) as p:
+                  TimeRemainingColumn(), console=console, transient=False) as p:
         yield p
