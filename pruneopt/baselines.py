@@ -37,7 +37,7 @@ FINAL_LABELS: dict[str, str] = {
     "winner": "search winner (best candidate of the initial and refined spaces)",
     "initial_best": "random search + adaptive BN (EagleEye-style: best candidate of the initial space)",
     "uniform": "uniform width",
-    "global_l1": "global magnitude, mean |w| per filter",
+    "global_l1": "global magnitude (mean absolute weight per filter)",
     "layer_l1": "layer-normalised L1, ranked globally",
     "bn_gamma": "BN gamma (network slimming), ranked globally",
 }

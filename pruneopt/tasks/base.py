@@ -88,12 +88,15 @@ def fmt(x: float | None, spec: str = ".4f") -> str:
 
 
 def final_rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The finals of a summary in report order, each named by its label (``same_as`` another: said so)."""
+    """The finals of a summary in report order, each named by its label (``same_as`` another: said so; outside the
+    final FLOPs band: said so, so no one compares it as if it were at equal FLOPs)."""
     rows = []
     for key, label in FINAL_LABELS.items():
         f = summary["finals"].get(key)
         if f:
-            rows.append((f"{label}{' (= the winner)' if f.get('same_as') else ''}", f))
+            same = " (= the winner)" if f.get("same_as") else ""
+            outside = " (outside the final band: no such model lands there)" if f.get("in_final_band") is False else ""
+            rows.append((f"{label}{same}{outside}", f))
     return rows
 
 

@@ -118,3 +118,19 @@ def test_report_without_a_noise_population_says_not_measured(tmp_path) -> None:
     assert summary["statistics"]["0.5"]["buckets"] is None  # the planted rows have no real specs
     report = (tmp_path / "report.md").read_text()
     assert "Noise floor: not measured" in report and "Validation images scoring each candidate: 2000." in report
+
+
+def test_final_rows_say_which_final_is_outside_the_band_and_keep_the_table_intact() -> None:
+    from pruneopt.baselines import FINAL_LABELS
+    from pruneopt.tasks.base import final_rows
+
+    fig = {"flops_fraction": 0.5, "test_error": 0.2}
+    summary = {"finals": {"winner": {**fig, "in_final_band": True},
+                          "initial_best": {**fig, "in_final_band": True, "same_as": "winner"},
+                          "uniform": {**fig, "flops_fraction": 0.508, "in_final_band": False},
+                          "bn_gamma": {**fig, "in_final_band": True}}}
+    names = [name for name, _ in final_rows(summary)]
+    assert names[0] == FINAL_LABELS["winner"] and names[1].endswith("(= the winner)")
+    assert "outside the final band" in names[2] and names[2].startswith(FINAL_LABELS["uniform"])
+    assert "outside" not in names[3] and len(names) == 4
+    assert not any("|" in label for label in FINAL_LABELS.values())  # labels sit in Markdown table cells
