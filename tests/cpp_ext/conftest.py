@@ -109,6 +109,9 @@ def cuda_emulation(compiled_backend: str):
     build_dir = root / f"cuda_emulation_{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     with _loader.file_lock(root / f"cuda_emulation_{key}.lock"):
+        # as in cpp_ext._loader: torch's baton left by a killed build would make load() wait forever; every
+        # builder of this directory holds our lock, so one found here is stale
+        (build_dir / "lock").unlink(missing_ok=True)
         cpp_extension.load(
             name=f"pruneopt_cuda_emu_{key}",
             sources=[str(source)],
