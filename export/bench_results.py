@@ -129,7 +129,7 @@ class BenchResult:
         import matplotlib  # lazy: plotting is optional and matplotlib takes a second to import
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy: matplotlib only when plots are drawn
 
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
         keys = sorted({(c.model, c.runtime) for c in self.cells if c.times_s},

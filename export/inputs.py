@@ -86,7 +86,7 @@ def realistic_inputs(n: int, shape: tuple[int, int, int], mean: Sequence[float],
 def load_images(folder: str | Path, shape: tuple[int, int, int], mean: Sequence[float], std: Sequence[float],
                 limit: int = 64) -> np.ndarray:
     """Up to ``limit`` images of ``folder`` (sorted by name), resized to the input size and normalised."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # lazy: Pillow only for image inputs
 
     root = Path(folder)
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]

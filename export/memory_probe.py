@@ -75,7 +75,7 @@ def probe_main() -> None:
         hwm = _status_kb("VmHWM")
         gpu = None
         if runtime == "torch-cuda":
-            import torch
+            import torch  # lazy: torch only for the PyTorch runner
 
             gpu = torch.cuda.max_memory_reserved() / 2**20
         elif on_gpu:

@@ -192,7 +192,7 @@ def verify_onnx(path: str | Path, reference: nn.Module, input_shape: tuple[int, 
     without them, on generated-realistic images normalised with ``mean``/``std``. Does not raise on a mismatch:
     look at :attr:`VerificationReport.passed`.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: only when verifying
 
     load_onnx(path)  # clear errors for broken files, digest check
     so = ort.SessionOptions()
@@ -280,7 +280,7 @@ def _export_legacy(wrapper: nn.Module, example: torch.Tensor, out_name: str, ops
 
 
 def _slim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxscript.optimizer
+    import onnxscript.optimizer  # lazy: heavy, only when slimming
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -327,7 +327,7 @@ def to_onnx(wrapper: ExportWrapper, input_shape: tuple[int, int, int], *, opset:
         if slim:
             model = _slim(model)
     if model.functions:
-        from onnx import inliner
+        from onnx import inliner  # lazy: only for inlining functions
 
         model = inliner.inline_local_functions(model)
     check_standard_ops(model)

@@ -79,7 +79,7 @@ class OrtRunner(_Closing):
     def __init__(self, path: str | Path, device: str = "cpu", *, strict: bool = True, threads: int | None = None,
                  spin: bool = True, io_binding: bool | None = None, trt_options: dict[str, Any] | None = None,
                  verify_integrity: bool = True, device_id: int = 0) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: onnxruntime only for its runners
 
         if device not in ORT_PROVIDERS:
             raise RuntimeUnavailableError(f"unknown ONNX Runtime device {device!r}; choose cpu, cuda or trt")
@@ -189,7 +189,7 @@ class TorchRunner(_Closing):
     """
 
     def __init__(self, model: Any, device: str = "cpu", *, normalize: bool = False, threads: int | None = None) -> None:
-        import torch
+        import torch  # lazy: torch only for the PyTorch runner
 
         from .onnx import ExportWrapper, load_model
 
@@ -229,7 +229,7 @@ class TorchRunner(_Closing):
 
 def _torch_cuda_available() -> bool:
     try:
-        import torch
+        import torch  # lazy: torch only for the PyTorch runner
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
@@ -252,14 +252,14 @@ def runtime_available(kind: str) -> tuple[bool, str]:
     if kind == "torch-cuda":
         return (True, "") if _torch_cuda_available() else (False, "torch.cuda is not available (CPU build or no GPU)")
     if kind.startswith("ort-"):
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: onnxruntime only for its runners
 
         wanted = ORT_PROVIDERS[kind[4:]]
         if wanted in ort.get_available_providers():
             return True, ""
         return False, (f"{wanted} is not in onnxruntime {ort.__version__}'s providers "
                        f"({', '.join(ort.get_available_providers())}); install onnxruntime-gpu")
-    from .tensorrt import tensorrt_available
+    from .tensorrt import tensorrt_available  # lazy: TensorRT is optional
 
     return tensorrt_available()
 
@@ -284,7 +284,7 @@ def make_runner(kind: str, model_path: str | Path | Any, *, strict: bool = True,
             raise OnnxFileError(f"the {kind} runtime needs an .onnx file, got {path}")
         return OrtRunner(path, kind[4:], strict=strict, threads=threads, spin=spin, trt_options=trt_options,
                          device_id=device_id, verify_integrity=verify_integrity)
-    from .tensorrt import TrtRunner
+    from .tensorrt import TrtRunner  # lazy: TensorRT is optional
 
     if path.suffix not in (".engine", ".plan"):
         raise OnnxFileError(f"the trt runtime needs a TensorRT .engine built by `pruneopt export --trt`, got {path}")

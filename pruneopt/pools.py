@@ -201,7 +201,7 @@ class RayActorPool(EvaluationPool):
     def __init__(self, task: str, settings: dict[str, Any], workers: int, threads: int | None = None,
                  address: str | None = None, gpus: bool = False) -> None:
         try:
-            import ray
+            import ray  # lazy: Ray is optional (--backend ray)
         except ImportError:
             raise PruneoptError("ray is not installed: pip install 'pruneopt[ray]'") from None
         if workers < 1:

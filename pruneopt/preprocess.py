@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .common.files import atomic_write_json
 from .errors import PruneoptError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESS_FILE", "Preprocess", "normalise_pixels", "read_preprocess",
@@ -121,8 +122,6 @@ class Preprocess:
             raise PruneoptError(f"{where}: malformed preprocessing record ({exc})") from None
 
     def save(self, folder: str | Path) -> Path:
-        from .common.files import atomic_write_json
-
         return atomic_write_json(Path(folder) / PREPROCESS_FILE, self.to_dict())
 
     def differences(self, other: Preprocess) -> list[str]:

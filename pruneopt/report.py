@@ -33,7 +33,7 @@ def _plots(store: Store, root: Path, regimes: list[float], xlabel: str) -> list[
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib only when plots are drawn
 
     files: list[str] = []
     stages = store.stages()

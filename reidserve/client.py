@@ -76,7 +76,7 @@ def image_bytes(image: ImageLike) -> bytes:
             return p.read_bytes()
         except OSError as exc:
             raise ReidClientError(0, f"cannot read image {p}: {exc.strerror or exc}") from None
-    from PIL import Image
+    from PIL import Image  # lazy: Pillow only when the client reads image files
 
     if isinstance(image, np.ndarray):
         arr = image

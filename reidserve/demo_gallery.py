@@ -66,7 +66,7 @@ def fill_fashion_mnist(client: ReidClient, *, count: int = 1000, batch: int = 64
     log(report.summary())
     written: list[Path] = []
     if queries_out is not None and queries:
-        from PIL import Image
+        from PIL import Image  # lazy: Pillow only when query files are written
 
         queries_out.mkdir(parents=True, exist_ok=True)
         for i in range(count, min(len(x), count + queries)):

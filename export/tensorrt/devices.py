@@ -56,7 +56,7 @@ def import_cudart() -> ModuleType:
         from cuda.bindings import runtime as cudart  # lazy: optional (trt extra)
     except ImportError:
         try:
-            from cuda import cudart
+            from cuda import cudart  # lazy: cuda-python is optional
         except ImportError as exc:
             raise RuntimeUnavailableError(CUDA_PYTHON_MISSING) from exc
     return cudart

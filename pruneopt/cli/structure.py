@@ -107,7 +107,7 @@ def space_cmd(arch, spec_path, input_, num_classes, last_stride, r_min, r_max, r
     if as_json:
         click.echo(json.dumps(rows))
         return
-    from rich.console import Console
+    from rich.console import Console  # lazy: rich tables only for this command's output
     from rich.table import Table
 
     lo, hi = space.fraction_range()

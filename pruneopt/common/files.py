@@ -94,7 +94,7 @@ class ExclusiveLock:
         self.path = Path(path)
         self._fd: int | None = None
         try:
-            import fcntl
+            import fcntl  # POSIX only; imported where a lock is taken
         except ImportError:  # pragma: no cover - Windows
             return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, mode)

@@ -90,13 +90,13 @@ def _add_commands(group: click.Group) -> None:
         group.add_command(command)
     # the serve extra's commands; stand-ins that say what to install where it is missing
     try:
-        from .serve_cmds import serve
+        from .serve_cmds import serve  # lazy: the serve extra (FastAPI, FAISS) may be missing
 
         group.add_command(serve)
     except ImportError as exc:  # pragma: no cover - the serve extra is not installed
         group.add_command(_needs_serve_extra("serve", exc))
     try:
-        from .bulk_cmds import query_eval, query_import
+        from .bulk_cmds import query_eval, query_import  # lazy: the serve extra (FastAPI, FAISS) may be missing
         from .query_cmds import demo_gallery, query
 
         query.add_command(query_import)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from export.metadata import ExportMetadata
+from pruneopt.errors import PruneoptError
 
 from .batching import MicroBatcher
 from .model_input import ModelLoadError, assume_input, check_agrees, described_input, read_model_input
@@ -79,7 +80,7 @@ def pick_runtime(path: Path, runtime: str = "auto") -> str:
         return runtime
     if engine:
         return "trt"
-    from export.runners import runtime_available
+    from export.runners import runtime_available  # lazy: the runtimes (onnxruntime, TensorRT) load with the model
 
     return "ort-cuda" if runtime_available("ort-cuda")[0] else "ort-cpu"
 
@@ -106,8 +107,7 @@ def load_model(path: str | Path, runtime: str = "auto", *, threads: int | None =
         if meta.layout != "NCHW":
             raise ModelLoadError(f"{p}: input layout {meta.layout} is not supported (export gives NCHW)")
     kind = pick_runtime(p, runtime)
-    from export.runners import make_runner
-    from pruneopt.errors import PruneoptError
+    from export.runners import make_runner  # lazy: the runtimes (onnxruntime, TensorRT) load with the model
 
     try:
         # spin=False: idle ONNX Runtime threads must not busy-wait on the cores the HTTP server needs

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from export.metadata import PREFIX, ExportMetadata
+from export.metadata import PREFIX, ExportMetadata, load_onnx, metadata_of
+from pruneopt.errors import PruneoptError
 
 from ..errors import ReidserveError
 from .settings import GivenInput
@@ -37,11 +38,9 @@ class ModelLoadError(ReidserveError):
 def read_model_input(path: Path) -> tuple[ExportMetadata | None, str]:
     """The pruneopt metadata of ``path`` (None for an ONNX file without any) and the model's id (its graph digest,
     else a hash of the file)."""
-    from pruneopt.errors import PruneoptError
-
     try:
         if path.suffix in (".engine", ".plan"):
-            from export.tensorrt import read_sidecar
+            from export.tensorrt import read_sidecar  # lazy: only for TensorRT engines
 
             side = read_sidecar(path)
             meta = ExportMetadata.from_props(side.get("metadata") or {}, f"{path} (sidecar)")
@@ -50,8 +49,6 @@ def read_model_input(path: Path) -> tuple[ExportMetadata | None, str]:
             raise ModelLoadError(f"--model {path}: give an .onnx file from `pruneopt export --onnx` (or any ONNX "
                                  f"model with {HOW_TO_DESCRIBE}), or a TensorRT .engine/.plan from `pruneopt "
                                  "export --trt`")
-        from export.metadata import load_onnx, metadata_of
-
         model = load_onnx(path, check=False)
         if not any(m.key.startswith(PREFIX) for m in model.metadata_props):
             return None, hashlib.sha256(path.read_bytes()).hexdigest()

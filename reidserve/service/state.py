@@ -78,7 +78,7 @@ class ServiceState:
 
     async def start(self) -> None:
         """Open what :meth:`open` has not yet, then start the embedding and search micro-batchers."""
-        from PIL import Image
+        from PIL import Image  # lazy: Pillow only for image queries
 
         Image.MAX_IMAGE_PIXELS = self.settings.max_pixels  # PIL's own bomb check, behind ours in decode_image
         await anyio.to_thread.run_sync(self.open)
