@@ -54,11 +54,21 @@ def _closest(space: PruningSpace, candidates: np.ndarray, regime: Regime, what: 
     return chosen
 
 
+def _uniform_widths(space: PruningSpace) -> np.ndarray:
+    """Every uniform-width subnetwork of ``space`` (the same keep ratio in every group), one row each."""
+    ratios = np.linspace(1.0 / max(g.channels for g in space.groups), 1.0, 4001)
+    return space.widths(ratios[:, None] * np.ones((1, len(space.groups))))
+
+
 def uniform_spec(space: PruningSpace, regime: Regime) -> ModelSpec:
     """The subnetwork keeping the same ratio of every group whose FLOPs fraction is closest to the target."""
-    ratios = np.linspace(1.0 / max(g.channels for g in space.groups), 1.0, 4001)
-    widths = space.widths(ratios[:, None] * np.ones((1, len(space.groups))))
-    return space.spec(_closest(space, widths, regime, "uniform-width"))
+    return space.spec(_closest(space, _uniform_widths(space), regime, "uniform-width"))
+
+
+def uniform_fraction(space: PruningSpace, regime: Regime) -> float:
+    """The FLOPs fraction of the uniform-width subnetwork closest to ``regime`` (rounding may keep it off target)."""
+    frac = space.stats(_uniform_widths(space)).flops_fraction
+    return float(frac[int(np.argmin(np.abs(frac - regime.fraction)))])
 
 
 def global_spec(space: PruningSpace, scores: list[np.ndarray], regime: Regime, what: str) -> ModelSpec:

@@ -38,6 +38,7 @@ no branch per task.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import sys
@@ -52,7 +53,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .analysis import bootstrap_r_star, compare
-from .baselines import FINAL_BAND, FINAL_LABELS, baseline_specs, uniform_spec
+from .baselines import FINAL_BAND, FINAL_LABELS, baseline_specs, uniform_fraction, uniform_spec
 from .buckets import stage_r_star, stage_ratios
 from .checkpoint import load_subnet, save_subnet
 from .common.files import atomic_write_json
@@ -114,6 +115,8 @@ def make_space(cfg: SearchConfig, parent: ModelSpec) -> PruningSpace:
     return PruningSpace(parent, c.r_min, c.r_max, c.round_to, input_hw(cfg))
 
 
+log = logging.getLogger(__name__)
+
 NEAR_CHANCE = 0.9  # a parent whose error is above this fraction of a guess's is "near chance"
 
 
@@ -138,7 +141,12 @@ def check_space(cfg: SearchConfig, parent: ModelSpec) -> None:
     for r in c.regimes:
         regime = Regime(r, c.band)
         space.sample(c.samples, regime, seed=derive_seed(c.seed, "sample", "initial", r))
-        uniform_spec(space, regime)
+        uniform_spec(space, regime)  # refuses a regime no uniform width reaches within the band
+        fraction = uniform_fraction(space, regime)
+        if abs(fraction - r) > FINAL_BAND + 1e-12:
+            log.warning("regime %g: no uniform width lands within +-%g of the FLOPs (closest %.3f, widths rounded "
+                        "to %s); its final will be labelled as outside the band", r, FINAL_BAND, fraction,
+                        space.round_to or 1)
 
 
 def check_parent(ctx: Context, record: dict[str, Any]) -> None:

@@ -180,3 +180,23 @@ def test_refine_by_stage_constrains_the_per_stage_ratios(toy: None, tmp_path: Pa
     constraint = constraint_from_dict(sampled["constraints"][0])
     assert json.loads((tmp_path / "run" / "config.json").read_text())["refine_by"] == "stage"
     assert constraint.r_star == tuple(band["r_star"])
+
+
+def test_preflight_warns_when_no_uniform_width_lands_in_the_final_band(caplog: pytest.LogCaptureFixture) -> None:
+    """resnet18 rounds widths to 8: the closest uniform width is at 0.508 of the FLOPs, outside +-0.005 (said
+    before any training); resnet20 (no rounding) reaches 0.501 and is not warned about."""
+    from pruneopt.models import default_spec
+    from pruneopt.search import check_space
+    from pruneopt.search_config import SearchConfig
+
+    with caplog.at_level("WARNING", logger="pruneopt.search"):
+        check_space(SearchConfig(arch="resnet18", regimes=(0.5,), samples=4, refined_samples=4),
+                    default_spec("resnet18", in_chans=3, num_classes=10))
+    assert [r.getMessage() for r in caplog.records] == [
+        "regime 0.5: no uniform width lands within +-0.005 of the FLOPs (closest 0.508, widths rounded to 8); its "
+        "final will be labelled as outside the band"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pruneopt.search"):
+        check_space(SearchConfig(arch="resnet20", regimes=(0.5,), samples=4, refined_samples=4),
+                    default_spec("resnet20", in_chans=1, num_classes=10))
+    assert caplog.records == []
