@@ -13,10 +13,10 @@ The three global rankings remove the weakest channels until the subnetwork lands
 cut is tried), with each group's width rounded up to the space's multiple and never below the space's smallest keep
 ratio (without that floor, global pruning empties whole stages); where a rounding step jumps over the final band
 (:data:`FINAL_BAND`), one group of the cuts either side of the target may move by one rounding step to land in it.
-All return a spec: the baselines
-differ from each other and from searched candidates only in their widths; :func:`pruneopt.thinning.thin` then keeps
-each group's largest-L1 filters, as for every model of the search, and the final fine-tune budget is the same for
-every model. :data:`FINAL_LABELS` names every final model of a search, baselines and winners, in the order reports
+All return a spec; :func:`pruneopt.thinning.thin` then keeps each group's largest-L1 filters, as for every model of
+the search, except for **bn_gamma**, which keeps the channels of largest |gamma| as network slimming does
+(:func:`final_criterion`, used by the tasks' final fine-tunes); the final fine-tune budget is the same for every
+model. :data:`FINAL_LABELS` names every final model of a search, baselines and winners, in the order reports
 list them.
 """
 
@@ -41,6 +41,9 @@ FINAL_LABELS: dict[str, str] = {
     "layer_l1": "layer-normalised L1, ranked globally",
     "bn_gamma": "BN gamma (network slimming), ranked globally",
 }
+# how each final is cut out of the parent inside its groups: network slimming keeps the channels of largest BN
+# gamma, every other final (and every candidate) the filters of largest L1 norm
+FINAL_CRITERIA: dict[str, str] = {"bn_gamma": "bn"}
 FINAL_BAND = 0.005  # every final model lands within this of its regime's FLOPs fraction (absolute)
 BASELINES = ("uniform", "global_l1", "layer_l1", "bn_gamma")  # the FINAL_LABELS keys that are baselines
 
@@ -160,3 +163,9 @@ def _writer_sizes(spec: ModelSpec) -> dict[str, float]:
             cin = 1 if layer.depthwise else layer.channels(widths)[0]
             sizes[layer.cout] = sizes.get(layer.cout, 0.0) + cin * layer.kernel**2
     return sizes
+
+
+def final_criterion(name: str) -> str:
+    """The thinning criterion (:func:`pruneopt.thinning.thin`) of the final ``name``: ``bn`` for the BN-gamma
+    baseline (network slimming keeps the largest-gamma channels), ``l1`` for the others."""
+    return FINAL_CRITERIA.get(name, "l1")

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruneopt.baselines import final_criterion
 from pruneopt.checkpoint import load_subnet, save_subnet
 from pruneopt.common.params import parse_pair
 from pruneopt.errors import PruneoptError
@@ -327,7 +328,7 @@ class ReidTask:
         for name, spec in models.items():
             fdir = ctx.root / "final" / name
             # where the fine-tune starts: a subnetwork folder (a backbone: exported alone, an unnormalised embedding)
-            init = save_subnet(thin(parent, spec), fdir / "init", self.preprocess(ctx.cfg))
+            init = save_subnet(thin(parent, spec, final_criterion(name)), fdir / "init", self.preprocess(ctx.cfg))
             tcfg = finetune_config(settings.data, s.final_steps, derive_seed(c.seed, "final"),
                                    backbone=init.resolve(), **finetune_kwargs(settings, torch.get_num_threads()))
             def log(line: str, name: str = name) -> None:

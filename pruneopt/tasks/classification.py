@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..baselines import final_criterion
 from ..checkpoint import load_subnet
 from ..common.params import parse_shape
 from ..data.splits import FileSplit
@@ -294,7 +295,7 @@ class ClassificationTask(ReportWording):
         train_split, val, test = self.data(ctx.cfg, ctx.data_dir).load()
         feed = self._run_feed(ctx)
         for name, spec in models.items():
-            model = thin(parent, spec)
+            model = thin(parent, spec, final_criterion(name))
             fdir = ctx.root / "final" / name
             fdir.mkdir(parents=True, exist_ok=True)
             tc = TrainConfig(epochs=s.final_epochs, batch_size=s.batch_size, lr=s.final_lr, warmup_steps=0)

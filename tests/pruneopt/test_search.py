@@ -51,11 +51,24 @@ def winner(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())["winner"]
 
 
+FINAL_THINNING: list[str] = []  # the criterion of every thinning of a final model in the reference search
+
+
 @pytest.fixture(scope="module")
 def reference(fake_data, tmp_path_factory) -> Path:
     """An uninterrupted in-process search (one torch thread for the candidates)."""
+    import pruneopt.tasks.classification as classification
+
     out = tmp_path_factory.mktemp("runs") / "reference"
-    run_search(cfg(), out, workers=1, threads=1, data_dir=str(fake_data), show_progress=False, force=True)
+    real_thin = classification.thin
+
+    def spy(parent, spec, criterion="l1"):
+        FINAL_THINNING.append(criterion)
+        return real_thin(parent, spec, criterion)
+
+    with pytest.MonkeyPatch.context() as mp:  # the finals run in this process; candidates call their own import
+        mp.setattr(classification, "thin", spy)
+        run_search(cfg(), out, workers=1, threads=1, data_dir=str(fake_data), show_progress=False, force=True)
     return out
 
 
@@ -67,6 +80,9 @@ def test_search_produces_winner_report_and_database(reference) -> None:
     s = json.loads((reference / "summary.json").read_text())
     assert s["candidates"] == {"done": DONE}
     assert set(s["finals"]) == set(FINAL_LABELS)
+    # network slimming keeps the largest-gamma channels; every other final the largest-L1 filters
+    fine_tuned = [k for k, f in s["finals"].items() if not f.get("same_as")]
+    assert sorted(FINAL_THINNING[-len(fine_tuned):]) == sorted("bn" if k == "bn_gamma" else "l1" for k in fine_tuned)
     for name, f in s["finals"].items():  # the winner and every baseline within +-0.005 of the regime
         assert f["in_final_band"] and abs(f["flops_fraction"] - 0.5) <= FINAL_BAND and 0 <= f["test_error"] <= 1
         assert f["label"] == FINAL_LABELS[name]
