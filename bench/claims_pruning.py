@@ -63,7 +63,8 @@ SMOKE = PruningSettings(parent_epochs=1, train_limit=2000, samples=10, refined_s
 
 def _parent(out: Path, s: PruningSettings, threads: int) -> dict[str, Any]:
     """Train the parent once into ``OUT/parent`` (the parent ``pruneopt search --seed 0`` would train, with
-    ``parent_epochs``) and record its validation and test accuracy in ``OUT/parent.json``."""
+    ``parent_epochs``; checkpointed every epoch in ``OUT/parent_training.pt``, so a killed run resumes) and record
+    its validation and test accuracy in ``OUT/parent.json``."""
     import torch
 
     from pruneopt.checkpoint import save_subnet
@@ -86,7 +87,7 @@ def _parent(out: Path, s: PruningSettings, threads: int) -> dict[str, Any]:
         model = build(TASK.source(cfg).spec)
         sec = cfg.section
         train(model, train_split, TrainConfig(epochs=sec.parent_epochs, batch_size=sec.batch_size, lr=sec.parent_lr),
-              derive_seed(0, "parent"), feed=feed)
+              derive_seed(0, "parent"), feed=feed, checkpoint=out / "parent_training.pt")  # resumes per epoch
         result = {"val_accuracy": 1 - top1_error(model, val, feed=feed),
                   "test_accuracy": 1 - top1_error(model, test, feed=feed), "seconds": time.perf_counter() - t0}
     save_subnet(model, out / "parent", TASK.preprocess(cfg))
