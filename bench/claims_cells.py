@@ -17,7 +17,7 @@ from typing import Any
 
 from pruneopt.common.files import atomic_write_json
 
-__all__ = ["RESULT_FILE", "Cell", "cell_result", "run_cells"]
+__all__ = ["RESULT_FILE", "Cell", "cell_result", "int_list", "run_cells"]
 
 RESULT_FILE = "result.json"
 
@@ -67,3 +67,8 @@ def run_cells(out: Path, cells: Sequence[Cell], work: Callable[[Path, Cell], dic
             for fut in as_completed(futures):
                 finish(futures[fut], fut.result())
     return results
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)`` (seeds: zero allowed), the ``--seeds`` type of every protocol."""
+    return tuple(int(t) for t in text.split(",") if t.strip())

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from claims_cells import int_list
 from claims_stats import markdown_table, paired_interval, verdict
 
 from pruneopt.common.files import atomic_write, atomic_write_json
@@ -272,10 +273,6 @@ def protocol_pruning(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- command line ---------------------------------------------------------------------------------------------------
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(t) for t in text.split(",") if t.strip())
-
-
 def _arms(text: str) -> tuple[str, ...]:
     arms = tuple(a.strip() for a in text.split(",") if a.strip())
     if not arms or any(a not in ("global", "stage") for a in arms) or "global" not in arms:
@@ -312,7 +309,7 @@ def add_pruning_parser(sub: Any) -> None:
     p.add_argument("--band", type=float, default=None, help=f"[{d.band}]")
     p.add_argument("--samples", type=int, default=None, help=f"[{d.samples}]")
     p.add_argument("--refined-samples", type=int, default=None, help=f"[{d.refined_samples}]")
-    p.add_argument("--seeds", type=_ints, default=None, help="comma-separated [0,1,2]")
+    p.add_argument("--seeds", type=int_list, default=None, help="comma-separated [0,1,2]")
     p.add_argument("--finetune-steps", type=int, default=None, help=f"[{d.finetune_steps}]")
     p.add_argument("--val-size", type=_opt_int, default=None, help="validation images per candidate [full split]")
     p.add_argument("--final-epochs", type=int, default=None, help=f"[{d.final_epochs}]")

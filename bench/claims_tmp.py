@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from claims_cells import Cell, run_cells
+from claims_cells import Cell, int_list, run_cells
 from claims_stats import (
     METRICS,
     fmt_interval,
@@ -282,10 +282,6 @@ def protocol_tmp(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(t) for t in text.split(",") if t.strip())
-
-
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(t) for t in text.split(",") if t.strip())
 
@@ -337,7 +333,7 @@ def add_tmp_parser(sub: Any) -> None:
     t.add_argument("--batch", type=_pair, default=d.batch, help="PxK")
     t.add_argument("--tau", type=float, default=d.tau)
     t.add_argument("--lr", type=float, default=d.lr)
-    t.add_argument("--seeds", type=_ints, default=d.seeds, help="comma-separated")
+    t.add_argument("--seeds", type=int_list, default=d.seeds, help="comma-separated")
     t.add_argument("--noise", type=_floats, default=d.noise, help="label-noise fractions, comma-separated")
     t.add_argument("--mech-epochs", type=int, default=d.mech_epochs, help="mechanism runs: epochs")
     t.add_argument("--mech-iters", type=int, default=d.mech_iters, help="mechanism runs: steps per epoch")
