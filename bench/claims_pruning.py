@@ -254,7 +254,7 @@ def protocol_pruning(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"{out} holds a run with other settings (see {saved}); use another --out or the same options")
     atomic_write_json(saved, asdict(s))
     t0 = time.perf_counter()
-    parent = _parent(out, s, args.threads)
+    parent = _parent(out, s, args.workers * args.threads)  # alone on the machine: every worker's cores
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for seed in s.seeds:
         for arm in s.refine_by:

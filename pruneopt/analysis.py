@@ -25,6 +25,10 @@ could show an effect by chance:
   such random bands (:func:`equal_acceptance_band` gives the band to an engine that evaluates it as a population);
 * :func:`split_half_control` -- R* estimated on one random half of the initial population, and the errors inside
   vs outside its band tested on the other half (no candidate both chooses R* and tests it).
+
+Both controls test a band at least as wide as the refined one, widened where needed (:func:`widened_band`) to hold
+a quarter of the tested candidates (at least 4): the refined band's own width, fitted to the few best models, often
+holds one or two of a few dozen candidates, and a test of one candidate against the rest can see nothing.
 """
 
 from __future__ import annotations
@@ -226,6 +230,24 @@ class Band:
         return np.abs(np.asarray(ratios) - self.center) <= self.eps * self.center * (1 + 1e-12)
 
 
+MIN_BAND_SHARE = 0.25  # the controls' bands hold at least this share of the tested candidates ...
+MIN_BAND_IN = 4  # ... and at least this many
+
+
+def widened_band(ratios: np.ndarray, center: float, eps: float, share: float = MIN_BAND_SHARE,
+                 floor: int = MIN_BAND_IN) -> Band:
+    """``|R - center| <= eps * center``, widened where needed so that it holds ``max(floor, ceil(share * n))`` of
+    ``ratios`` (never more than all but two: a test needs candidates outside too)."""
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.ndim != 1 or r.size == 0:
+        raise PruneoptError("ratios must be a non-empty 1-D array")
+    k = min(r.size - 2, max(floor, math.ceil(share * r.size)))
+    width = eps
+    if k >= 1:
+        width = max(eps, float(np.sort(np.abs(r - center))[k - 1] / center))
+    return Band(center, width, int(np.sum(Band(center, width, 0).mask(r))))
+
+
 def equal_acceptance_band(ratios: np.ndarray, r_star: float, eps: float, seed: int) -> Band:
     """A band centred on a seeded random draw from ``ratios`` that holds as many of them as the R* band does (at
     least one): the relative half-width is the distance to the k-th nearest ratio."""
@@ -253,18 +275,20 @@ def band_split(errors: np.ndarray, inside: np.ndarray, n_boot: int, seed: int, l
 
 
 def random_band_control(errors: np.ndarray, ratios: np.ndarray, r_star: float, eps: float, seed: int = 0,
-                        n_boot: int = 2000, n_bands: int = 200) -> dict[str, Any]:
+                        n_boot: int = 2000, n_bands: int = 200, share: float = MIN_BAND_SHARE) -> dict[str, Any]:
     """The random-R control on the initial population (see the module docstring).
 
-    ``band``/``random``: one seeded equal-acceptance band and its inside-vs-outside test; ``r_star``: the same
-    test for the R* band (biased towards a shift: R* was chosen from these candidates); ``rank_p``: the fraction
+    ``r_star_band``/``r_star``: the R* band (``eps`` widened by :func:`widened_band` to hold ``share`` of the
+    candidates) and its inside-vs-outside test (biased towards a shift: R* was chosen from these candidates);
+    ``band``/``random``: one seeded random band holding as many candidates, and its test; ``rank_p``: the fraction
     of ``n_bands`` random equal-acceptance bands whose inside-minus-outside median shift is at most the R* band's.
     """
     e, r = _errors(errors), np.asarray(ratios, dtype=np.float64)
     if r.shape != e.shape:
         raise PruneoptError("errors and ratios must have the same length")
+    refined_eps, star = eps, widened_band(r, r_star, eps, share)
+    eps = star.eps
     band = equal_acceptance_band(r, r_star, eps, seed)
-    star = Band(r_star, eps, int(np.sum(Band(r_star, eps, 0).mask(r))))
     rng = np.random.default_rng(seed + 1)
 
     def shift(mask: np.ndarray) -> float:
@@ -276,16 +300,17 @@ def random_band_control(errors: np.ndarray, ratios: np.ndarray, r_star: float, e
     shifts = shifts[np.isfinite(shifts)]
     rank_p = float((1 + np.sum(shifts <= star_shift)) / (1 + shifts.size)) if math.isfinite(star_shift) else None
     return {
-        "band": asdict(band), "random": band_split(e, band.mask(r), n_boot, seed + 2),
+        "band": asdict(band), "random": band_split(e, band.mask(r), n_boot, seed + 2), "refined_eps": refined_eps,
         "r_star_band": asdict(star), "r_star": band_split(e, star.mask(r), n_boot, seed + 2),
         "n_bands": int(shifts.size), "rank_p": rank_p,
     }  # fmt: skip
 
 
 def split_half_control(errors: np.ndarray, ratios: np.ndarray, top: float, eps: float, seed: int = 0,
-                       n_boot: int = 2000, n_boot_rstar: int = 500) -> dict[str, Any]:
+                       n_boot: int = 2000, n_boot_rstar: int = 500, share: float = MIN_BAND_SHARE) -> dict[str, Any]:
     """R* from a seeded random half of the initial population (``top`` fraction, ``n_boot_rstar`` resamples),
-    tested on the other half: errors inside its ``eps`` band vs outside (see :func:`band_split`)."""
+    tested on the other half: errors inside its ``eps`` band (widened to hold ``share`` of the tested half, see
+    :func:`widened_band`) vs outside (see :func:`band_split`)."""
     e, r = _errors(errors), np.asarray(ratios, dtype=np.float64)
     if r.shape != e.shape:
         raise PruneoptError("errors and ratios must have the same length")
@@ -294,7 +319,8 @@ def split_half_control(errors: np.ndarray, ratios: np.ndarray, top: float, eps: 
     order = np.random.default_rng(seed).permutation(e.size)
     fit, test = order[: e.size // 2], order[e.size // 2:]
     rs = bootstrap_r_star(e[fit], r[fit], top, n_boot_rstar, seed + 1)
-    band = Band(rs.r_star, eps, int(np.sum(Band(rs.r_star, eps, 0).mask(r[test]))))
-    return {"r_star_half": rs.r_star, "ci_low": rs.ci_low, "ci_high": rs.ci_high, "eps": eps,
+    band = widened_band(r[test], rs.r_star, eps, share)
+    return {"r_star_half": rs.r_star, "ci_low": rs.ci_low, "ci_high": rs.ci_high, "eps": band.eps,
+            "refined_eps": eps,
             "n_fit": int(fit.size), "n_test": int(test.size),
             **band_split(e[test], band.mask(r[test]), n_boot, seed + 2)}

@@ -160,17 +160,20 @@ def statistics_lines(s: dict[str, Any]) -> list[str]:
         if rc:
             lines.append(f"| refined vs random-R control | - | {_iv(rc['median_shift'])} | "
                          f"{_num(rc['mann_whitney']['pvalue'], '.3g')} | - | - |")
-        lines += ["", "Controls on the initial population (inside vs outside a band: median shift inside - outside):",
-                  "", "| band | n in | n out | median shift [95% CI] | Mann-Whitney p |", "|---|---|---|---|---|"]
+        lines += ["", "Controls on the initial population (inside vs outside a band: median shift inside - outside; "
+                  "each band is the refined one's, widened where needed to hold a quarter of the tested candidates, "
+                  "at least 4):", "", "| band | n in | n out | median shift [95% CI] | Mann-Whitney p |",
+                  "|---|---|---|---|---|"]
         rb, sh = st.get("random_band"), st.get("split_half")
         if rb:
-            lines.append(_split_line(f"R* band (R* {rb['r_star_band']['center']:.1f}, chosen on these candidates)",
-                                     rb["r_star"]))
+            star = rb["r_star_band"]
+            lines.append(_split_line(f"R* band (R* {star['center']:.1f} +-{star['eps']:.1%}, chosen on these "
+                                     "candidates)", rb["r_star"]))
             lines.append(_split_line(f"random-R band, equal acceptance (R {rb['band']['center']:.1f} "
-                                     f"+-{rb['band']['eps']:.2%})", rb["random"]))
+                                     f"+-{rb['band']['eps']:.1%})", rb["random"]))
         if sh:
-            lines.append(_split_line(f"split half: R* {sh['r_star_half']:.1f} from {sh['n_fit']}, tested on "
-                                     f"{sh['n_test']}", sh))
+            lines.append(_split_line(f"split half: R* {sh['r_star_half']:.1f} +-{sh['eps']:.1%} from {sh['n_fit']}, "
+                                     f"tested on {sh['n_test']}", sh))
         if rb and rb.get("rank_p") is not None:
             lines += ["", f"{rb['rank_p']:.2f} of {rb['n_bands']} random equal-acceptance bands hold candidates at "
                       "least as good (median shift) as the R* band does."]

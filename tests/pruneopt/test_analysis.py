@@ -17,6 +17,7 @@ from pruneopt.analysis import (
     random_band_control,
     search_cost,
     split_half_control,
+    widened_band,
 )
 from pruneopt.errors import PruneoptError
 
@@ -125,6 +126,22 @@ def test_equal_acceptance_band_holds_as_many_candidates_as_the_r_star_band() -> 
         assert band.center in r
     assert equal_acceptance_band(r, 120.0, 0.05, 0) == equal_acceptance_band(r, 120.0, 0.05, 0)
     assert equal_acceptance_band(r, 120.0, 0.05, 0) != equal_acceptance_band(r, 120.0, 0.05, 1)
+
+
+def test_a_narrow_band_is_widened_to_a_quarter_of_the_candidates() -> None:
+    r = np.random.default_rng(3).uniform(60, 250, 32)
+    wide = widened_band(r, 120.0, 0.10)  # +-12 holds about 4 of 32: widened to 8
+    assert wide.n_in == 8 == int(wide.mask(r).sum()) and wide.eps > 0.10
+    assert widened_band(r, 120.0, 0.9).eps == 0.9  # never narrowed
+    assert widened_band(r[:5], 120.0, 0.0).n_in == 3  # all but two stay outside
+    # a planted ratio seen by 24 candidates, where the refined band's own +-1% would hold one of them
+    e, rr = planted_population(24, 120.0, seed=4)
+    c = random_band_control(e, rr, 120.0, 0.01, seed=0, n_boot=300, n_bands=100)
+    assert c["r_star"]["n_in"] == c["random"]["n_in"] == 6 and c["refined_eps"] == 0.01
+    assert c["r_star"]["median_shift"]["high"] < 0
+    s = split_half_control(e, rr, top=0.1, eps=0.01, seed=0, n_boot=300)
+    assert s["n_in"] == 4 and s["refined_eps"] == 0.01 < s["eps"]
+    assert s["median_shift"] is not None
 
 
 def test_controls_see_a_planted_ratio_and_not_noise() -> None:
