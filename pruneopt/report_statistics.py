@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_POPULATION = "control_random_r"  # an engine-evaluated population in a random-R equal-acceptance band
 NOISE_POPULATION = "noise"  # a few specs x a few seeds
+IQR_PER_SD = 1.349  # the interquartile range of a normal distribution, in SDs
 
 
 def final_labels(keys: list[str]) -> dict[str, str]:
@@ -80,7 +81,10 @@ def regime_statistics(store: Store, cfg: dict[str, Any], regime: float, r_star: 
     e_i = np.array([r["error"] for r in init])
     e_r = np.array([r["error"] for r in ref])
     e_c = np.array([r["error"] for r in ctrl])
+    q1, q3 = np.percentile(e_i, [25, 75]) if e_i.size > 3 else (math.nan, math.nan)
     out: dict[str, Any] = {"initial_sd": float(np.std(e_i, ddof=1)) if e_i.size > 1 else None,
+                           # robust to the few collapsed candidates a population can hold (error near chance)
+                           "initial_iqr_sd": float((q3 - q1) / IQR_PER_SD) if e_i.size > 3 else None,
                            "refined_vs_initial": None, "control_vs_initial": None, "refined_vs_control": None,
                            "random_band": None, "split_half": None, "buckets": None}
     if e_i.size >= 2 and e_r.size >= 2:
@@ -149,8 +153,12 @@ def statistics_lines(s: dict[str, Any]) -> list[str]:
               "5/10/20% quantile of both populations (ratio other / initial, 95% bootstrap interval; below 1 = "
               "cheaper).", ""]
     for key, st in (s.get("statistics") or {}).items():
-        lines += [f"### Regime {key}", "",
-                  "| comparison | n | median shift [95% CI] | Mann-Whitney p | KS p | search cost initial -> other |",
+        lines += [f"### Regime {key}", ""]
+        if st.get("initial_sd") is not None and st.get("initial_iqr_sd") is not None:
+            seed_sd = f"; the seed's SD is {_num(nf['within_sd'] / st['initial_iqr_sd'], '.2f')} of it" if nf else ""
+            lines += [f"Initial population's spread: SD {_num(st['initial_sd'])}, robust SD (IQR / 1.35) "
+                      f"{_num(st['initial_iqr_sd'])}{seed_sd}.", ""]
+        lines += ["| comparison | n | median shift [95% CI] | Mann-Whitney p | KS p | search cost initial -> other |",
                   "|---|---|---|---|---|---|"]
         for label, name in (("refined vs initial", "refined_vs_initial"), ("random-R control vs initial",
                                                                          "control_vs_initial")):

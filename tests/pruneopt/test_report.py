@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from pruneopt.report import render_report
 from pruneopt.search import Context, SearchConfig, stage_analysis, stage_compare
@@ -101,6 +102,9 @@ def test_report_states_what_it_can_tell(tmp_path, monkeypatch) -> None:
                                                  "per-stage params share"}
     assert st["control_vs_initial"] is None  # no engine-evaluated control population here
     report = (tmp_path / "report.md").read_text()
+    q1, q3 = np.percentile(errors[:60], [25, 75])  # the initial population
+    assert st["initial_iqr_sd"] == pytest.approx((q3 - q1) / 1.349)
+    assert f"robust SD (IQR / 1.35) {st['initial_iqr_sd']:.4f}; the seed's SD is" in report
     for text in ("Validation images scoring each candidate: full split.", "Noise floor (4 specs, 20 runs)",
                  "| refined vs initial | 60 vs 20 |", "split half: R*", "random-R band, equal acceptance",
                  "| per-stage R |", "`winner` = the winner"):
