@@ -9,7 +9,7 @@ from typing import Any
 
 import claims  # bench/ is on pytest's pythonpath (pyproject)
 import pytest
-from claims_pruning import pruning_summary
+from claims_pruning import STAGE_PREDICTORS, pruning_summary
 
 from pruneopt.store import Store
 
@@ -43,6 +43,26 @@ def test_verdicts_pool_the_seeds() -> None:
     assert by["per-stage beats global"]["interval"]["diff"] == pytest.approx((0.4 + 0.4 + 0.45) / 3)
     assert by["per-stage refinement beats global"]["verdict"].startswith("yes")  # 0.01 better on every seed
     assert s["seeds"][1]["best_stage"] == "per-stage widths"
+
+
+def test_per_stage_claim_compares_fixed_predictors_not_each_seeds_best() -> None:
+    def with_rhos(rhos: dict[str, float]) -> dict[str, Any]:
+        s = fake_summary(0.0, 0.0, 0.0, 0.0, 0.1)
+        s["statistics"]["0.5"]["buckets"] = [{"name": n, "cv_spearman": v} for n, v in rhos.items()]
+        return s
+
+    # each seed's best per-stage predictor beats global R by ~0.45, but never the same one: no fixed predictor does
+    noisy = [{"global R": -0.25, "per-stage widths": 0.2, "per-stage R": -0.4, "per-stage params share": -0.6},
+             {"global R": -0.25, "per-stage widths": -0.5, "per-stage R": 0.3, "per-stage params share": 0.2},
+             {"global R": -0.2, "per-stage widths": 0.1, "per-stage R": -0.3, "per-stage params share": 0.3}]
+    s = pruning_summary({"global": {i: with_rhos(r) for i, r in enumerate(noisy)}}, 0.5)
+    claim = {c["claim"]: c for c in s["claims"]}["per-stage beats global"]
+    assert claim["verdict"] == "cannot tell" and set(claim["per_predictor"]) == set(STAGE_PREDICTORS)
+    assert "Bonferroni" in claim["measure"] and claim["per_predictor"]["per-stage R"]["lo"] < 0
+    worse = [{"global R": 0.5 + d, "per-stage widths": 0.1, "per-stage R": 0.0 + d, "per-stage params share": 0.1}
+             for d in (0.0, 0.01, 0.02)]
+    s = pruning_summary({"global": {i: with_rhos(r) for i, r in enumerate(worse)}}, 0.5)
+    assert {c["claim"]: c for c in s["claims"]}["per-stage beats global"]["verdict"] == "no: global R predicts better"
 
 
 def fake_run_search(cfg: Any, out: Path, **_: Any) -> dict[str, Any]:
