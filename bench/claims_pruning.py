@@ -9,9 +9,10 @@ seeds into one verdict per claim, each on a 95% paired t interval over seeds:
 * **refined space better** -- median(refined) - median(initial) error per seed;
 * **R* shared by winners** -- on held-out halves (split-half control): median error inside R*'s band minus
   outside, per seed; with each seed's R* and the random-R control beside it;
-* **per-stage beats global** -- the cross-validated Spearman rho of the best per-stage predictor minus that of the
-  global R, per seed (from the bucket predictor table); and, with ``--refine-by global,stage`` (an engine that
-  has ``refine_by``), median(stage-refined) - median(global-refined) per seed.
+* **per-stage beats global** -- the cross-validated Spearman rho of each fixed per-stage predictor (per-stage R,
+  widths, parameter shares) minus that of the global R, per seed (from the bucket predictor table), on intervals
+  Bonferroni-corrected for the three; and, with ``--refine-by global,stage`` (an engine that has ``refine_by``),
+  median(stage-refined) - median(global-refined) per seed.
 
 Writes ``OUT/results.json``, ``OUT/table.md`` and ``OUT/pruning.png``.
 """
