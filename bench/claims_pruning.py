@@ -147,14 +147,11 @@ def _stage_claim(rows: list[dict[str, Any]]) -> dict[str, Any]:
     interval at the Bonferroni level for the number of predictors. (The best predictor *of each seed* would be a
     biased pick: the max of three noisy rhos.) "yes" when some interval lies above 0, "no" when all lie below."""
     level = 1 - 0.05 / len(STAGE_PREDICTORS)
+    rhos = [{b["name"]: b.get("cv_spearman") for b in r["buckets"]} for r in rows]
     per: dict[str, dict[str, Any]] = {}
     for name in STAGE_PREDICTORS:
-        diffs: list[float | None] = []
-        for r in rows:
-            by = {b["name"]: b.get("cv_spearman") for b in r["buckets"]}
-            a, g = by.get(name), by.get("global R")
-            diffs.append(None if a is None or g is None else a - g)
-        iv = _interval(diffs, level)
+        iv = _interval([None if by.get(name) is None or by.get("global R") is None else by[name] - by["global R"]
+                        for by in rhos], level)
         if iv:
             per[name] = iv
     measure = (f"CV Spearman rho: per-stage predictor - global R (each of {len(STAGE_PREDICTORS)}; "

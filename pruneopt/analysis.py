@@ -286,21 +286,20 @@ def random_band_control(errors: np.ndarray, ratios: np.ndarray, r_star: float, e
     e, r = _errors(errors), np.asarray(ratios, dtype=np.float64)
     if r.shape != e.shape:
         raise PruneoptError("errors and ratios must have the same length")
-    refined_eps, star = eps, widened_band(r, r_star, eps, share)
-    eps = star.eps
-    band = equal_acceptance_band(r, r_star, eps, seed)
+    star = widened_band(r, r_star, eps, share)
+    band = equal_acceptance_band(r, r_star, star.eps, seed)
     rng = np.random.default_rng(seed + 1)
 
     def shift(mask: np.ndarray) -> float:
         return float(np.median(e[mask]) - np.median(e[~mask])) if 0 < mask.sum() < e.size else math.nan
 
     star_shift = shift(star.mask(r))
-    shifts = np.array([shift(equal_acceptance_band(r, r_star, eps, int(s)).mask(r))
+    shifts = np.array([shift(equal_acceptance_band(r, r_star, star.eps, int(s)).mask(r))
                        for s in rng.integers(0, 2**31, size=n_bands)])
     shifts = shifts[np.isfinite(shifts)]
     rank_p = float((1 + np.sum(shifts <= star_shift)) / (1 + shifts.size)) if math.isfinite(star_shift) else None
     return {
-        "band": asdict(band), "random": band_split(e, band.mask(r), n_boot, seed + 2), "refined_eps": refined_eps,
+        "band": asdict(band), "random": band_split(e, band.mask(r), n_boot, seed + 2), "refined_eps": eps,
         "r_star_band": asdict(star), "r_star": band_split(e, star.mask(r), n_boot, seed + 2),
         "n_bands": int(shifts.size), "rank_p": rank_p,
     }  # fmt: skip

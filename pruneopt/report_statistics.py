@@ -81,10 +81,10 @@ def regime_statistics(store: Store, cfg: dict[str, Any], regime: float, r_star: 
     e_i = np.array([r["error"] for r in init])
     e_r = np.array([r["error"] for r in ref])
     e_c = np.array([r["error"] for r in ctrl])
-    q1, q3 = np.percentile(e_i, [25, 75]) if e_i.size > 3 else (math.nan, math.nan)
     out: dict[str, Any] = {"initial_sd": float(np.std(e_i, ddof=1)) if e_i.size > 1 else None,
                            # robust to the few collapsed candidates a population can hold (error near chance)
-                           "initial_iqr_sd": float((q3 - q1) / IQR_PER_SD) if e_i.size > 3 else None,
+                           "initial_iqr_sd": float(np.subtract(*np.percentile(e_i, [75, 25])) / IQR_PER_SD)
+                           if e_i.size > 3 else None,
                            "refined_vs_initial": None, "control_vs_initial": None, "refined_vs_control": None,
                            "random_band": None, "split_half": None, "buckets": None}
     if e_i.size >= 2 and e_r.size >= 2:

@@ -72,6 +72,8 @@ from .store import Store
 from .tasks.base import SearchTask
 from .tasks.registry import get_task
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Context:
@@ -114,8 +116,6 @@ def make_space(cfg: SearchConfig, parent: ModelSpec) -> PruningSpace:
     c = cfg.common
     return PruningSpace(parent, c.r_min, c.r_max, c.round_to, input_hw(cfg))
 
-
-log = logging.getLogger(__name__)
 
 NEAR_CHANCE = 0.9  # a parent whose error is above this fraction of a guess's is "near chance"
 
